@@ -1,0 +1,60 @@
+"""Turning a keras_one network into a plain Keras model."""
+
+import keras
+
+
+def _expanded_call(layer, *args, **kwargs):
+    expand = getattr(layer, "expand", None)
+    if expand is not None and _is_keras_one(layer):
+        return expand(*args, **kwargs)
+    return layer(*args, **kwargs)
+
+
+def _is_keras_one(layer):
+    return type(layer).__module__.startswith("keras_one")
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def plain_keras_model(model, select, name):
+    """Rebuilds a functional `model` from built-in Keras layers only.
+
+    Every keras_one layer in the graph is replaced by its `expand()` method,
+    which computes the same thing with built-in layers that share its
+    weights; other layers are reused as they are (weights shared too).
+
+    Args:
+        model: a functional Keras model.
+        select: a function from the rebuilt model's outputs to the output
+            tensor(s) of the returned model (unused parts are pruned).
+        name: the returned model's name.
+
+    Returns:
+        A functional `keras.Model` that needs nothing from keras_one.
+    """
+    try:
+        _ = model.output
+    except (AttributeError, ValueError):
+        raise ValueError(
+            "Only functional students can be exported as plain Keras models; "
+            f"{type(model).__name__} is a subclassed model. Build the student "
+            "with the functional API (keras.Model(inputs, outputs))."
+        ) from None
+    rebuilt = keras.models.clone_model(
+        model, clone_function=lambda layer: layer, call_function=_expanded_call
+    )
+    plain = keras.Model(rebuilt.inputs, select(rebuilt.output), name=name)
+    leftovers = sorted(
+        {layer.name for layer in _all_layers(plain) if _is_keras_one(layer)}
+    )
+    if leftovers:
+        raise ValueError(
+            f"Layers {leftovers} have no plain-Keras form (an `expand` "
+            "method), so the exported model would need keras_one to load."
+        )
+    return plain

@@ -1,0 +1,4 @@
+"""Drop-in Keras layers for multi-branch networks."""
+
+from keras_one.layers.branch_split import BranchSplit
+from keras_one.layers.gated_ensemble import GatedEnsemble

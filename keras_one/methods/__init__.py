@@ -1,0 +1,25 @@
+"""Distillation methods: what the student outputs and how they make the loss."""
+
+from keras_one.methods.method import Method
+from keras_one.methods.one import ONE
+
+_METHODS = {"one": ONE}
+
+
+def get(name):
+    """Returns the method class registered under `name` (case-insensitive).
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    key = str(name).lower().replace("-", "_")
+    if key not in _METHODS:
+        raise ValueError(
+            f"Unknown method {name!r}. Known methods: {sorted(_METHODS)}."
+        )
+    return _METHODS[key]
+
+
+def names():
+    """The names `get` accepts."""
+    return sorted(_METHODS)

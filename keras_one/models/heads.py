@@ -1,0 +1,48 @@
+"""Ensemble heads: what a multi-branch network computes on top of its branches.
+
+A head is a function that takes the network's output dict (with
+`shared_features`, `branch_logits`, `branch_features` and, where the
+branches end in global pooling, `branch_feature_maps`) and returns the
+outputs it adds. Model builders take a head by name: `"gate"` (ONE),
+`"mean"`, or `None` (branch logits only). Methods name the head they need
+in `Method.head`.
+"""
+
+import keras
+
+from keras_one.layers.gated_ensemble import GatedEnsemble
+
+
+def gate_head(outputs):
+    """ONE's gate: `ensemble_logits` and `gate_weights`."""
+    ensemble_logits, gate_weights = GatedEnsemble(
+        len(outputs["branch_logits"]),
+        return_gate_weights=True,
+        name="gated_ensemble",
+    )(outputs["shared_features"], outputs["branch_logits"])
+    return {"ensemble_logits": ensemble_logits, "gate_weights": gate_weights}
+
+
+def mean_head(outputs):
+    """The plain average of the branch logits as `ensemble_logits`."""
+    return {
+        "ensemble_logits": keras.layers.Average(name="ensemble_logits")(
+            outputs["branch_logits"]
+        )
+    }
+
+
+HEADS = {"gate": gate_head, "mean": mean_head, None: lambda outputs: {}}
+
+
+def get(head):
+    """Returns the head function for a name (or a callable, as is)."""
+    if callable(head):
+        return head
+    if head not in HEADS:
+        known = sorted(name for name in HEADS if name is not None)
+        raise ValueError(
+            f"Unknown head {head!r}. Known heads: {known}, None, or a "
+            "function from the output dict to the outputs it adds."
+        )
+    return HEADS[head]

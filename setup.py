@@ -1,0 +1,42 @@
+import pathlib
+
+from setuptools import find_packages
+from setuptools import setup
+
+HERE = pathlib.Path(__file__).parent
+version = {}
+exec((HERE / "keras_one" / "version.py").read_text(), version)
+
+setup(
+    name="keras-one",
+    version=version["__version__"],
+    description="Online ensemble knowledge distillation (ONE and its family) "
+    "for Keras 3",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_one", "keras_one.*"]),
+    install_requires=[
+        "keras>=3.12,<4",
+        "numpy>=1.26",
+        "tensorflow-datasets>=4.9",
+        "keras-tuner>=1.4.7",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        # TensorFlow comes as one of these, so that a machine keeps the
+        # build it has: `tensorflow-cpu` (light, CPU only) or `tensorflow`.
+        "cpu": ["tensorflow-cpu>=2.18"],
+        "gpu": ["tensorflow[and-cuda]>=2.18"],
+        "tf": ["tensorflow>=2.18"],
+        "test": ["pytest>=8", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["keras-one=keras_one.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Keras",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
