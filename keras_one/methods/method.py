@@ -22,6 +22,9 @@ class Method(keras.layers.Layer):
       each either per-example, shape `(batch,)` (weighted by
       `sample_weight` and averaged by the Distiller), or a scalar (a
       batch-independent penalty, added as is). The total loss is their sum.
+    - optionally `build_student(...)`: the network the method trains by
+      default (used by the `keras-one` command and the tuner); the base
+      class builds a CIFAR ResNet with the method's `head`.
     - optionally `call(inputs, outputs, training)`: returns a dict of extra
       outputs (teacher logits, ...) merged into `outputs` before
       `compute_losses`. Trainable modules it creates are trained with the
@@ -80,6 +83,35 @@ class Method(keras.layers.Layer):
                 f"{name} needs the student outputs {missing}, but the "
                 f"student only returns {sorted(outputs)}.{how}"
             )
+
+    def build_student(
+        self,
+        model="resnet32",
+        num_classes=10,
+        input_shape=(32, 32, 3),
+        num_branches=3,
+    ):
+        """Builds the student network this method trains by default.
+
+        Args:
+            model: a name accepted by `keras_one.models.get`, e.g.
+                `"resnet32"`.
+            num_classes: number of classes.
+            input_shape: shape of one input image.
+            num_branches: number of branches (ignored by single-branch
+                methods).
+
+        Returns:
+            A functional `keras.Model` with the outputs this method needs.
+        """
+        from keras_one import models
+
+        return models.get(model)(
+            num_classes=num_classes,
+            input_shape=input_shape,
+            num_branches=num_branches,
+            head=self.head,
+        )
 
     def call(self, inputs, outputs, training=None):
         return {}

@@ -3,3 +3,24 @@
 from keras_one.models.cifar_resnet import cifar_resnet
 from keras_one.models.heads import HEADS
 from keras_one.models.multi_branch import make_multi_branch
+
+
+def get(name):
+    """Returns a network builder by name: `"resnet<depth>"` (CIFAR ResNet).
+
+    The builder takes `num_classes`, `input_shape`, `num_branches` and
+    `head` keyword arguments.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    import functools
+
+    key = str(name).lower().replace("-", "")
+    if key.startswith("resnet") and key[len("resnet") :].isdigit():
+        depth = int(key[len("resnet") :])
+        return functools.partial(cifar_resnet, depth)
+    raise ValueError(
+        f"Unknown model {name!r}. Known models: resnet<depth> with depth "
+        "6n + 2 (resnet8, resnet20, resnet32, resnet56, resnet110)."
+    )

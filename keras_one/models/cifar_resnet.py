@@ -105,7 +105,8 @@ def cifar_resnet(
         num_classes: number of classes.
         num_branches: number of branches; 1 gives the plain single-branch
             network (the baseline), whose output is its logits.
-        branch_stage: the first replicated stage: 1, 2 or 3.
+        branch_stage: the first replicated stage: 1, 2 or 3; 0 replicates
+            the stem too, giving independent networks (as DML trains).
         head: ensemble head for multi-branch networks: `"gate"` (ONE),
             `"mean"`, `None`, or a head function.
         input_shape: shape of one image, channels last.
@@ -126,8 +127,10 @@ def cifar_resnet(
             f"CIFAR ResNet depth must be 6n + 2 (8, 20, 32, 44, 56, 110, "
             f"...); got {depth}."
         )
-    if branch_stage not in (1, 2, 3):
-        raise ValueError(f"branch_stage must be 1, 2 or 3; got {branch_stage}.")
+    if branch_stage not in (0, 1, 2, 3):
+        raise ValueError(
+            f"branch_stage must be 0, 1, 2 or 3; got {branch_stage}."
+        )
     blocks_per_stage = (depth - 2) // 6
     block = _bottleneck_block if depth >= 44 else _basic_block
     name = name or f"resnet{depth}"
@@ -137,7 +140,7 @@ def cifar_resnet(
     x = _conv(STAGE_WIDTHS[0], 3, 1, weight_decay, "stem_conv")(inputs)
     x = _batch_norm(weight_decay, "stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
-    split_at = "stem_relu"
+    split_at = "image" if branch_stage == 0 else "stem_relu"
     for stage, filters in enumerate(STAGE_WIDTHS, start=1):
         for index in range(blocks_per_stage):
             strides = 2 if stage > 1 and index == 0 else 1
