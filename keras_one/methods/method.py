@@ -90,6 +90,7 @@ class Method(keras.layers.Layer):
         num_classes=10,
         input_shape=(32, 32, 3),
         num_branches=3,
+        **model_kwargs,
     ):
         """Builds the student network this method trains by default.
 
@@ -100,6 +101,8 @@ class Method(keras.layers.Layer):
             input_shape: shape of one input image.
             num_branches: number of branches (ignored by single-branch
                 methods).
+            **model_kwargs: passed to the model builder (e.g.
+                `weight_decay`).
 
         Returns:
             A functional `keras.Model` with the outputs this method needs.
@@ -111,6 +114,7 @@ class Method(keras.layers.Layer):
             input_shape=input_shape,
             num_branches=num_branches,
             head=self.head,
+            **model_kwargs,
         )
 
     def call(self, inputs, outputs, training=None):
