@@ -24,6 +24,7 @@ setup(
         "keras-tuner>=1.4.7",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
+        "tensorboard>=2.18",
     ],
     extras_require={
         # TensorFlow comes as one of these, so that a machine keeps the
