@@ -139,5 +139,5 @@ def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
         ]
     outputs.update(heads.get(head)(outputs))
     return keras.Model(
-        model.inputs, outputs, name=name or f"{model.name}_multi_branch"
+        model.input, outputs, name=name or f"{model.name}_multi_branch"
     )

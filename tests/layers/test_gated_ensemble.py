@@ -1,0 +1,105 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_one.layers import GatedEnsemble
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def build(num_branches=3, channels=6, classes=5):
+    features = keras.Input((4, 4, channels))
+    logits = [keras.Input((classes,)) for _ in range(num_branches)]
+    layer = GatedEnsemble(num_branches, return_gate_weights=True, name="gate")
+    ensemble, gate = layer(features, logits)
+    return keras.Model([features, *logits], [ensemble, gate]), layer
+
+
+def test_shapes_and_weights():
+    model, layer = build()
+    assert tuple(model.outputs[0].shape) == (None, 5)
+    assert tuple(model.outputs[1].shape) == (None, 3)
+    # Dense kernel + bias, BatchNorm gamma + beta.
+    assert len(layer.trainable_weights) == 4
+    assert len(layer.non_trainable_weights) == 2
+    assert layer.compute_output_shape((None, 4, 4, 6), [(None, 5)] * 3) == (
+        (None, 5),
+        (None, 3),
+    )
+
+
+def test_matches_numpy_gate_in_inference_mode():
+    model, layer = build()
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2, 4, 4, 6)).astype("float32")
+    logits = [rng.normal(size=(2, 5)).astype("float32") for _ in range(3)]
+    ensemble, gate = model([features, *logits], training=False)
+    kernel, bias = layer.gate_dense.get_weights()
+    gamma, beta, mean, variance = layer.gate_norm.get_weights()
+    scores = features.mean(axis=(1, 2)) @ kernel + bias
+    scores = gamma * (scores - mean) / np.sqrt(variance + 1e-5) + beta
+    expected_gate = np_softmax(np.maximum(scores, 0.0))
+    expected = np.einsum("bn,nbc->bc", expected_gate, np.stack(logits))
+    np.testing.assert_allclose(gate, expected_gate, rtol=1e-5)
+    np.testing.assert_allclose(ensemble, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.sum(gate, axis=-1), 1.0, rtol=1e-6)
+
+
+def test_accepts_pooled_features():
+    features = keras.Input((6,))
+    logits = [keras.Input((5,)) for _ in range(2)]
+    out = GatedEnsemble(2)(features, logits)
+    assert tuple(out.shape) == (None, 5)
+
+
+def test_serialization_round_trip(tmp_path):
+    model, _ = build()
+    rng = np.random.default_rng(1)
+    inputs = [rng.normal(size=(2, 4, 4, 6)).astype("float32")] + [
+        rng.normal(size=(2, 5)).astype("float32") for _ in range(3)
+    ]
+    model.save(tmp_path / "gate.keras")
+    loaded = keras.saving.load_model(tmp_path / "gate.keras", safe_mode=True)
+    for a, b in zip(model(inputs), loaded(inputs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_gate_learns():
+    model, layer = build(num_branches=2)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(8, 4, 4, 6)).astype("float32")
+    logits = [rng.normal(size=(8, 5)).astype("float32") for _ in range(2)]
+    with tf.GradientTape() as tape:
+        ensemble, _ = model([features, *logits], training=True)
+        loss = tf.reduce_mean(ensemble[:, 0])
+    gradients = tape.gradient(loss, layer.trainable_weights)
+    assert all(float(tf.reduce_sum(tf.abs(g))) > 0 for g in gradients)
+
+
+def test_expand_matches_call():
+    model, layer = build()
+    features = keras.Input((4, 4, 6))
+    logits = [keras.Input((5,)) for _ in range(3)]
+    plain = keras.Model(
+        [features, *logits], list(layer.expand(features, logits))
+    )
+    rng = np.random.default_rng(2)
+    inputs = [rng.normal(size=(3, 4, 4, 6)).astype("float32")] + [
+        rng.normal(size=(3, 5)).astype("float32") for _ in range(3)
+    ]
+    for a, b in zip(model(inputs), plain(inputs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not any(
+        type(sub).__module__.startswith("keras_one") for sub in plain.layers
+    )
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="at least 2 branches"):
+        GatedEnsemble(1)
+    with pytest.raises(ValueError, match="received 2 branch logits"):
+        GatedEnsemble(3)(keras.Input((6,)), [keras.Input((5,))] * 2)
