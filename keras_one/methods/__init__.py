@@ -1,9 +1,11 @@
 """Distillation methods: what the student outputs and how they make the loss."""
 
+from keras_one.methods.dml import DML
 from keras_one.methods.method import Method
 from keras_one.methods.one import ONE
 
 _METHODS = {"one": ONE}
+_METHODS["dml"] = DML
 
 
 def get(name):
