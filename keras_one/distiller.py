@@ -14,6 +14,34 @@ from keras_one.student_outputs import LOGIT_KEYS
 from keras_one.student_outputs import check_logits
 from keras_one.student_outputs import normalize_outputs
 
+try:
+    # Keras' callbacks (EarlyStopping, ModelCheckpoint, ...) look inside
+    # metric groups of this type to tell whether a monitored metric is to be
+    # maximized; being one lets `monitor="val_ensemble_accuracy"` work with
+    # the default `mode="auto"`.
+    from keras.src.trainers.compile_utils import MetricsList as _MetricGroup
+except ImportError:  # pragma: no cover - a future Keras may move it
+    _MetricGroup = keras.metrics.Metric
+
+
+class _OutputMetrics(_MetricGroup):
+    """The compiled metrics of one output: a branch or the ensemble."""
+
+    def __init__(self, metrics, name):
+        keras.metrics.Metric.__init__(self, name=name)
+        self.metrics = metrics
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        for metric in self.metrics:
+            metric.update_state(y_true, y_pred, sample_weight=sample_weight)
+
+    def reset_state(self):
+        for metric in self.metrics:
+            metric.reset_state()
+
+    def result(self):
+        return {metric.name: metric.result() for metric in self.metrics}
+
 
 class _EpochCounter(keras.callbacks.Callback):
     """Tells the Distiller which epoch is running (for ramp-up schedules)."""
@@ -85,7 +113,6 @@ class Distiller(keras.Model):
             name="current_epoch",
             aggregation="only_first_replica",
         )
-        self._output_metrics = []
         self._compiled_metric_ids = None
         if student.built and hasattr(student, "_inbound_nodes"):
             try:
@@ -221,14 +248,15 @@ class Distiller(keras.Model):
         prefixes = [f"branch_{i}_" for i in range(self.num_branches)]
         if self.num_branches == 1:
             prefixes = [""]
-        self._output_metrics = []
-        for output_index, prefix in enumerate(prefixes + ["ensemble_"]):
-            if output_index == self.num_branches and self.num_branches == 1:
-                break
-            for identifier in self._compiled_metric_ids:
-                self._output_metrics.append(
-                    (output_index, _make_metric(identifier, prefix))
-                )
+        else:
+            prefixes.append("ensemble_")
+        self._output_metrics = [
+            _OutputMetrics(
+                [_make_metric(m, prefix) for m in self._compiled_metric_ids],
+                name=f"{prefix or 'output_'}metrics",
+            )
+            for prefix in prefixes
+        ]
 
     def get_compile_config(self):
         config = super().get_compile_config() or {}
@@ -250,11 +278,7 @@ class Distiller(keras.Model):
     def metrics(self):
         if self._compiled_metric_ids is None:
             return []
-        return (
-            [self._loss_tracker]
-            + self._term_trackers
-            + [metric for _, metric in self._output_metrics]
-        )
+        return [self._loss_tracker, *self._term_trackers, *self._output_metrics]
 
     def _update_metrics(self, labels, outputs, terms, loss, sample_weight):
         batch_size = ops.shape(labels)[0]
@@ -267,11 +291,11 @@ class Distiller(keras.Model):
         else:
             ensemble_logits = ops.mean(ops.stack(branch_logits), axis=0)
         predictions = branch_logits + [ensemble_logits]
-        for output_index, metric in self._output_metrics:
-            metric.update_state(
-                labels, predictions[output_index], sample_weight=sample_weight
-            )
-        return {metric.name: metric.result() for metric in self.metrics}
+        for group, logits in zip(
+            self._output_metrics, predictions, strict=True
+        ):
+            group.update_state(labels, logits, sample_weight=sample_weight)
+        return self.get_metrics_result()
 
     # === Training loop ===
 

@@ -20,8 +20,12 @@ def np_one_loss(labels, branch_logits, ensemble_logits, epoch, T=3.0, R=80):
 
     def kl(t, s):
         p = np.exp(np_log_softmax(t / T))
-        return T * T * np.sum(
-            p * (np_log_softmax(t / T) - np_log_softmax(s / T)), axis=1
+        return (
+            T
+            * T
+            * np.sum(
+                p * (np_log_softmax(t / T) - np_log_softmax(s / T)), axis=1
+            )
         )
 
     w = np.exp(-5.0 * (1.0 - min(epoch, R) / R) ** 2)
@@ -53,7 +57,9 @@ def test_loss_matches_numpy():
             epoch,
         )
         expected = np_one_loss(labels, branch_logits, ensemble_logits, epoch)
-        for name, value in zip(("ce", "ensemble_ce", "kl"), expected):
+        for name, value in zip(
+            ("ce", "ensemble_ce", "kl"), expected, strict=True
+        ):
             np.testing.assert_allclose(terms[name], value, rtol=1e-5)
 
 
