@@ -1,11 +1,13 @@
 """Distillation methods: what the student outputs and how they make the loss."""
 
+from keras_one.methods.cl_ilr import CLILR
 from keras_one.methods.dml import DML
 from keras_one.methods.method import Method
 from keras_one.methods.one import ONE
 
 _METHODS = {"one": ONE}
 _METHODS["dml"] = DML
+_METHODS["cl_ilr"] = CLILR
 
 
 def get(name):
