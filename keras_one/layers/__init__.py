@@ -3,3 +3,4 @@
 from keras_one.layers.branch_split import BranchSplit
 from keras_one.layers.gated_ensemble import GatedEnsemble
 from keras_one.layers.gradient_scale import GradientScale
+from keras_one.layers.peer_attention import PeerAttention

@@ -3,11 +3,13 @@
 from keras_one.methods.cl_ilr import CLILR
 from keras_one.methods.dml import DML
 from keras_one.methods.method import Method
+from keras_one.methods.okddip import OKDDip
 from keras_one.methods.one import ONE
 
 _METHODS = {"one": ONE}
 _METHODS["dml"] = DML
 _METHODS["cl_ilr"] = CLILR
+_METHODS["okddip"] = OKDDip
 
 
 def get(name):

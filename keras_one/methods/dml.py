@@ -15,12 +15,12 @@ class DML(Method):
     `L = sum_k [ CE(z_k, y)
                  + 1/(N-1) * sum_{l != k} KL_T(stop_gradient(z_l) || z_k) ]`
 
-    This is the paper's loss (arXiv:1706.00384, eq. 10: network `k`
-    minimizes its cross-entropy plus the mean KL divergence from each peer's
-    prediction to its own), with the pairwise form rather than a KL to the
-    peers' mean logits. The peers are detached: each network is trained by
-    its own loss only, as in the paper, where network `k`'s update treats
-    the other networks' predictions as fixed targets. The paper updates the
+    This is the paper's loss for `N` networks (arXiv:1706.00384): network
+    `k` minimizes its cross-entropy plus the mean KL divergence from each
+    peer's prediction to its own (the pairwise form, not a KL to the peers'
+    mean logits). The peers are detached: each network is trained by its
+    own loss only, as in the paper, where network `k`'s update treats the
+    other networks' predictions as fixed targets. The paper updates the
     networks one after another within a step (recomputing predictions after
     each update); here all are updated together from the same forward pass
     (the usual reading, and what reimplementations do), so one step costs

@@ -11,6 +11,7 @@ in `Method.head`.
 import keras
 
 from keras_one.layers.gated_ensemble import GatedEnsemble
+from keras_one.layers.peer_attention import PeerAttention
 
 
 def gate_head(outputs):
@@ -32,7 +33,38 @@ def mean_head(outputs):
     }
 
 
+def _require(outputs, key, head):
+    if key not in outputs:
+        raise ValueError(
+            f"The {head!r} head needs the branches' {key!r}, but the "
+            f"network only gives {sorted(outputs)}. Its branches must end "
+            "in global pooling (optionally Dropout) + Dense."
+        )
+    return outputs[key]
+
+
+def peer_attention_head(outputs):
+    """OKDDip: `peer_targets` and `peer_attention` for all but the last branch.
+
+    The last branch is the group leader; the others are peers whose
+    attention-weighted ensembles (`keras_one.layers.PeerAttention`) are
+    their distillation targets.
+    """
+    num_peers = len(outputs["branch_logits"]) - 1
+    if num_peers < 2:
+        raise ValueError(
+            "The 'peer_attention' head needs at least 3 branches (2 peers "
+            f"and a leader); got {num_peers + 1}."
+        )
+    features = _require(outputs, "branch_features", "peer_attention")
+    targets, attention = PeerAttention(
+        return_attention_weights=True, name="peer_attention"
+    )(features[:num_peers], outputs["branch_logits"][:num_peers])
+    return {"peer_targets": targets, "peer_attention": attention}
+
+
 HEADS = {"gate": gate_head, "mean": mean_head, None: lambda outputs: {}}
+HEADS["peer_attention"] = peer_attention_head
 
 
 def get(head):
