@@ -13,6 +13,7 @@ from keras_one.methods.method import Method
 from keras_one.student_outputs import LOGIT_KEYS
 from keras_one.student_outputs import check_logits
 from keras_one.student_outputs import normalize_outputs
+from keras_one.student_outputs import symbolic_io
 
 try:
     # Keras' callbacks (EarlyStopping, ModelCheckpoint, ...) look inside
@@ -114,13 +115,9 @@ class Distiller(keras.Model):
             aggregation="only_first_replica",
         )
         self._compiled_metric_ids = None
-        if student.built and hasattr(student, "_inbound_nodes"):
-            try:
-                symbolic_outputs = student.output
-            except (AttributeError, ValueError):
-                symbolic_outputs = None
-            if symbolic_outputs is not None:
-                self._wire(student.input, symbolic_outputs)
+        io = symbolic_io(student)
+        if io is not None:
+            self._wire(*io)
 
     def _wire(self, inputs, raw_outputs):
         """Checks the student's outputs and builds the method on them."""
@@ -285,12 +282,12 @@ class Distiller(keras.Model):
         self._loss_tracker.update_state(loss, sample_weight=batch_size)
         for tracker in self._term_trackers:
             tracker.update_state(terms[tracker.name], sample_weight=batch_size)
-        branch_logits = outputs["branch_logits"]
-        if "ensemble_logits" in outputs:
-            ensemble_logits = outputs["ensemble_logits"]
-        else:
-            ensemble_logits = ops.mean(ops.stack(branch_logits), axis=0)
-        predictions = branch_logits + [ensemble_logits]
+        predictions = list(outputs["branch_logits"])
+        if len(predictions) > 1:
+            if "ensemble_logits" in outputs:
+                predictions.append(outputs["ensemble_logits"])
+            else:
+                predictions.append(ops.mean(ops.stack(predictions), axis=0))
         for group, logits in zip(
             self._output_metrics, predictions, strict=True
         ):

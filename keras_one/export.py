@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_one.student_outputs import symbolic_io
+
 
 def _expanded_call(layer, *args, **kwargs):
     expand = getattr(layer, "expand", None)
@@ -37,18 +39,17 @@ def plain_keras_model(model, select, name):
     Returns:
         A functional `keras.Model` that needs nothing from keras_one.
     """
-    try:
-        _ = model.output
-    except (AttributeError, ValueError):
+    if symbolic_io(model) is None:
         raise ValueError(
             "Only functional students can be exported as plain Keras models; "
             f"{type(model).__name__} is a subclassed model. Build the student "
             "with the functional API (keras.Model(inputs, outputs))."
-        ) from None
+        )
     rebuilt = keras.models.clone_model(
         model, clone_function=lambda layer: layer, call_function=_expanded_call
     )
-    plain = keras.Model(rebuilt.inputs, select(rebuilt.output), name=name)
+    inputs, outputs = symbolic_io(rebuilt)
+    plain = keras.Model(inputs, select(outputs), name=name)
     leftovers = sorted(
         {layer.name for layer in _all_layers(plain) if _is_keras_one(layer)}
     )

@@ -11,6 +11,27 @@ import keras
 LOGIT_KEYS = ("branch_logits", "ensemble_logits")
 
 
+def symbolic_io(model):
+    """Returns the symbolic `(inputs, outputs)` of a functional model.
+
+    Works for functional models (keeping their input/output structure) and
+    for Sequential models built with an input shape; returns `None` for
+    subclassed or unbuilt models.
+    """
+    try:
+        return model.input, model.output
+    except (AttributeError, ValueError):
+        pass
+    inputs = getattr(model, "inputs", None)
+    outputs = getattr(model, "outputs", None)
+    if not inputs or not outputs:
+        return None
+    return (
+        inputs[0] if len(inputs) == 1 else inputs,
+        outputs[0] if len(outputs) == 1 else outputs,
+    )
+
+
 def normalize_outputs(outputs):
     """Puts a student's outputs in the dict form the methods read.
 

@@ -4,6 +4,7 @@ import keras
 
 from keras_one.models import heads
 from keras_one.student_outputs import check_logits
+from keras_one.student_outputs import symbolic_io
 
 _POOLING_LAYERS = (
     keras.layers.GlobalAveragePooling2D,
@@ -79,13 +80,13 @@ def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
             f"num_branches={num_branches}. For one branch, train the model "
             "itself."
         )
-    try:
-        logits = model.output
-    except (AttributeError, ValueError):
+    io = symbolic_io(model)
+    if io is None:
         raise ValueError(
             "make_multi_branch needs a functional or Sequential model with "
-            f"a defined output; {model.name!r} is not."
-        ) from None
+            f"a defined input shape; {model.name!r} is not one."
+        )
+    inputs, logits = io
     if isinstance(logits, (list, tuple, dict)):
         raise ValueError(
             "make_multi_branch needs a model with a single logits output; "
@@ -139,5 +140,5 @@ def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
         ]
     outputs.update(heads.get(head)(outputs))
     return keras.Model(
-        model.input, outputs, name=name or f"{model.name}_multi_branch"
+        inputs, outputs, name=name or f"{model.name}_multi_branch"
     )

@@ -1,0 +1,94 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_one
+from keras_one.models import make_multi_branch
+
+
+def small_cnn():
+    return keras.Sequential(
+        [
+            keras.Input((12, 12, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+            keras.layers.GlobalAveragePooling2D(name="pool"),
+            keras.layers.Dense(5, name="classifier"),
+        ],
+        name="small_cnn",
+    )
+
+
+def test_small_cnn():
+    base = small_cnn()
+    net = make_multi_branch(base, "conv1", num_branches=3)
+    out = net.output
+    assert len(out["branch_logits"]) == 3
+    assert tuple(out["branch_features"][0].shape) == (None, 8)
+    assert tuple(out["branch_feature_maps"][0].shape) == (None, 8, 8, 8)
+    assert tuple(out["ensemble_logits"].shape) == (None, 5)
+    x = np.random.default_rng(0).normal(size=(4, 12, 12, 3)).astype("float32")
+    logits = net(x)["branch_logits"]
+    assert not np.allclose(logits[0], logits[1])  # fresh branch weights
+    # The trunk is shared with the original model, not copied.
+    assert net.get_layer("conv1") is base.get_layer("conv1")
+    # Branch 0 alone computes what the original tail computes with its
+    # weights.
+    branch = net.get_layer("branch_0")
+    tail_weights = [w.numpy() for w in branch.weights]
+    base.get_layer("conv2").set_weights(tail_weights[:2])
+    base.get_layer("classifier").set_weights(tail_weights[2:])
+    np.testing.assert_allclose(logits[0], base(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mobilenet_v2_trains_with_one():
+    base = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3),
+        alpha=0.35,
+        weights=None,
+        classes=4,
+        classifier_activation=None,
+    )
+    net = make_multi_branch(base, "block_13_expand_relu", num_branches=2)
+    assert len(net.output["branch_logits"]) == 2
+    distiller = keras_one.Distiller(net, keras_one.methods.ONE())
+    distiller.compile(optimizer="adam")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 4, 8)
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"]) and "branch_1_accuracy" in logs
+
+
+def test_unknown_split_layer():
+    with pytest.raises(ValueError, match="No layer named 'conv3'.*conv1"):
+        make_multi_branch(small_cnn(), "conv3")
+
+
+def test_too_few_branches():
+    with pytest.raises(ValueError, match="at least 2 branches"):
+        make_multi_branch(small_cnn(), "conv1", num_branches=1)
+
+
+def test_probabilities_instead_of_logits():
+    base = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, name="hidden"),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
+    )
+    with pytest.raises(ValueError, match="activation=None"):
+        make_multi_branch(base, "hidden")
+
+
+def test_split_inside_a_residual_block():
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(6, name="a")(inputs)
+    inner = keras.layers.Dense(6, name="b")(hidden)
+    added = keras.layers.Add(name="add")([inner, inputs])
+    outputs = keras.layers.Dense(3, name="out")(added)
+    model = keras.Model(inputs, outputs)
+    with pytest.raises(ValueError, match="skip connection crosses"):
+        make_multi_branch(model, "a")
+    assert make_multi_branch(model, "add", head="mean") is not None
