@@ -10,6 +10,7 @@ in `Method.head`.
 
 import keras
 
+from keras_one.layers.fusion_classifier import FusionClassifier
 from keras_one.layers.gated_ensemble import GatedEnsemble
 from keras_one.layers.peer_attention import PeerAttention
 
@@ -63,8 +64,20 @@ def peer_attention_head(outputs):
     return {"peer_targets": targets, "peer_attention": attention}
 
 
+def fusion_classifier_head(outputs):
+    """FFL: the fused classifier's logits as `ensemble_logits`."""
+    feature_maps = _require(outputs, "branch_feature_maps", "fusion_classifier")
+    num_classes = outputs["branch_logits"][0].shape[-1]
+    return {
+        "ensemble_logits": FusionClassifier(
+            num_classes, name="fusion_classifier"
+        )(feature_maps)
+    }
+
+
 HEADS = {"gate": gate_head, "mean": mean_head, None: lambda outputs: {}}
 HEADS["peer_attention"] = peer_attention_head
+HEADS["fusion_classifier"] = fusion_classifier_head
 
 
 def get(head):
