@@ -198,6 +198,28 @@ def test_branch_export_contains_one_branch(make_student):
     assert model.count_params() == single.count_params()
 
 
+def test_export_of_a_student_built_with_branch_split(tiny_data):
+    x, y = tiny_data
+    inputs = keras.Input((8, 8, 1))
+    shared = keras.layers.Conv2D(4, 3, name="trunk")(inputs)
+    block = keras.Sequential(
+        [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)]
+    )
+    branch_logits = keras_one.layers.BranchSplit(block, 3)(shared)
+    ensemble_logits = keras_one.layers.GatedEnsemble(3)(shared, branch_logits)
+    student = keras.Model(
+        inputs,
+        {"branch_logits": branch_logits, "ensemble_logits": ensemble_logits},
+    )
+    distiller = compiled(student)
+    distiller.fit(x, y, epochs=1, verbose=0)
+    model = distiller.get_branch_model(1)
+    # Trunk (4 * 9 + 4) and one Dense(4) on 4 features: no other branch.
+    assert model.count_params() == 40 + 20
+    expected = distiller.predict(x, verbose=0)["branch_logits"][1]
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
+
+
 def test_fewer_branches_than_the_method_needs(make_student):
     with pytest.raises(ValueError, match="at least 2 branches"):
         keras_one.Distiller(make_student(num_branches=1), ONE())
