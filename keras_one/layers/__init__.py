@@ -1,6 +1,7 @@
 """Drop-in Keras layers for multi-branch networks."""
 
 from keras_one.layers.branch_split import BranchSplit
+from keras_one.layers.feature_fusion import FeatureFusion
 from keras_one.layers.fusion_classifier import FusionClassifier
 from keras_one.layers.gated_ensemble import GatedEnsemble
 from keras_one.layers.gradient_scale import GradientScale

@@ -4,6 +4,7 @@ from keras_one.methods.cl_ilr import CLILR
 from keras_one.methods.dml import DML
 from keras_one.methods.ffl import FFL
 from keras_one.methods.kd import KD
+from keras_one.methods.mde import MDE
 from keras_one.methods.method import Method
 from keras_one.methods.okddip import OKDDip
 from keras_one.methods.one import ONE
@@ -13,6 +14,7 @@ _METHODS["dml"] = DML
 _METHODS["cl_ilr"] = CLILR
 _METHODS["okddip"] = OKDDip
 _METHODS["ffl"] = FFL
+_METHODS["mde"] = MDE
 _METHODS["kd"] = KD
 
 

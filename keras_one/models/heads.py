@@ -4,12 +4,14 @@ A head is a function that takes the network's output dict (with
 `shared_features`, `branch_logits`, `branch_features` and, where the
 branches end in global pooling, `branch_feature_maps`) and returns the
 outputs it adds. Model builders take a head by name: `"gate"` (ONE),
-`"mean"`, or `None` (branch logits only). Methods name the head they need
-in `Method.head`.
+`"mean"`, `"peer_attention"` (OKDDip), `"fusion_classifier"` (FFL),
+`"feature_fusion"` (MDE), or `None` (branch logits only). Methods name the
+head they need in `Method.head`.
 """
 
 import keras
 
+from keras_one.layers.feature_fusion import FeatureFusion
 from keras_one.layers.fusion_classifier import FusionClassifier
 from keras_one.layers.gated_ensemble import GatedEnsemble
 from keras_one.layers.peer_attention import PeerAttention
@@ -75,9 +77,25 @@ def fusion_classifier_head(outputs):
     }
 
 
+def feature_fusion_head(outputs):
+    """MDE: `ensemble_logits` weighted by attention on fused branch features.
+
+    The weights (`keras_one.layers.FeatureFusion`) are returned as
+    `gate_weights`.
+    """
+    feature_maps = _require(outputs, "branch_feature_maps", "feature_fusion")
+    ensemble_logits, weights = FeatureFusion(
+        len(outputs["branch_logits"]),
+        return_fusion_weights=True,
+        name="feature_fusion",
+    )(feature_maps, outputs["branch_logits"])
+    return {"ensemble_logits": ensemble_logits, "gate_weights": weights}
+
+
 HEADS = {"gate": gate_head, "mean": mean_head, None: lambda outputs: {}}
 HEADS["peer_attention"] = peer_attention_head
 HEADS["fusion_classifier"] = fusion_classifier_head
+HEADS["feature_fusion"] = feature_fusion_head
 
 
 def get(head):
