@@ -2,6 +2,7 @@
 
 from keras_one.methods.cl_ilr import CLILR
 from keras_one.methods.dml import DML
+from keras_one.methods.ekd import EKD
 from keras_one.methods.ffl import FFL
 from keras_one.methods.kd import KD
 from keras_one.methods.mde import MDE
@@ -16,6 +17,7 @@ _METHODS["okddip"] = OKDDip
 _METHODS["ffl"] = FFL
 _METHODS["mde"] = MDE
 _METHODS["kd"] = KD
+_METHODS["ekd"] = EKD
 
 
 def get(name):

@@ -60,7 +60,7 @@ class TeacherMethod(Method):
                     f"input of shape {tuple(inputs_shape)}. Teachers must "
                     f"read the same images as the student. ({error})"
                 ) from None
-            teacher_classes = _select_logits(spec).shape[-1]
+            teacher_classes = select_logits(spec).shape[-1]
             if teacher_classes != num_classes:
                 raise ValueError(
                     f"Teacher {teacher.name!r} predicts {teacher_classes} "
@@ -85,10 +85,11 @@ class TeacherMethod(Method):
     def teacher_logits(self, index, inputs):
         """Runs teacher `index` in inference mode; returns its logits."""
         outputs = self.teachers[index](inputs, training=False)
-        return ops.stop_gradient(_select_logits(outputs))
+        return ops.stop_gradient(select_logits(outputs))
 
 
-def _select_logits(outputs):
+def select_logits(outputs):
+    """A teacher's logits: its output, or its ensemble for a dict output."""
     if not isinstance(outputs, (dict, list, tuple)):
         return outputs
     outputs = normalize_outputs(outputs)
