@@ -17,6 +17,24 @@ of the baseline, of every branch and of the ensemble, and writes a results
 JSON, TensorBoard logs and a PNG of the learning curves.
 """
 
+EPILOG = """\
+examples:
+  keras-one train                                  # ONE vs baseline, digits
+  keras-one train --dataset cifar10 --model resnet32 --epochs 300 \\
+      --schedule step --batch-size 128             # the paper's protocol
+  keras-one train --method okddip --branches 4     # another method
+  keras-one evaluate keras-one-runs/RUN/distiller.keras
+  keras-one export keras-one-runs/RUN/distiller.keras --branch 0 \\
+      --format tflite --output branch0.tflite
+"""
+
+DATASET_HELP = (
+    "'digits' (bundled, no download), a tensorflow-datasets name (cifar10, "
+    "cifar100, svhn_cropped, imagenet2012), a class-per-folder image "
+    "directory, or an .npz file with x_train, y_train, x_test, y_test "
+    "(default: digits)"
+)
+
 
 def _positive_int(text):
     value = int(text)
@@ -38,6 +56,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-one",
         description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -55,16 +74,12 @@ def build_parser():
         choices=methods.names(),
         help="distillation method (default: one)",
     )
-    train.add_argument(
-        "--dataset",
-        default="digits",
-        help="dataset: 'digits' (bundled, default) (default: digits)",
-    )
+    _add_data_arguments(train)
     train.add_argument(
         "--model",
-        default="resnet8",
+        default=None,
         help="network: resnet<depth>, depth 6n+2, e.g. resnet20, resnet32 "
-        "(default: resnet8)",
+        "(default: resnet8 on digits, resnet32 otherwise)",
     )
     train.add_argument(
         "--branches",
@@ -77,6 +92,13 @@ def build_parser():
     )
     train.add_argument(
         "--batch-size", type=_positive_int, default=64, help="(default: 64)"
+    )
+    train.add_argument(
+        "--schedule",
+        default="cosine",
+        choices=("cosine", "step"),
+        help="learning-rate schedule: cosine decay to 0, or x0.1 at 50%% and "
+        "75%% of the epochs as in ONE's official code (default: cosine)",
     )
     train.add_argument(
         "--learning-rate",
@@ -120,43 +142,97 @@ def build_parser():
         action="store_true",
         help="skip the single-branch baseline",
     )
-    train.add_argument(
-        "--verbose",
-        type=int,
-        default=1,
-        choices=(0, 1, 2),
-        help="Keras verbosity: 1 progress bar, 2 one line per epoch, 0 quiet",
+    _add_verbose_argument(train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="test accuracy of a saved distiller or exported model",
+        description="Evaluate a saved Distiller (every branch and the "
+        "ensemble) or an exported plain Keras model on a dataset's test "
+        "split. Use the dataset the model was trained on: its "
+        "normalization is recomputed the same way.",
+    )
+    evaluate.add_argument("model_path", metavar="MODEL.keras")
+    _add_data_arguments(evaluate)
+    evaluate.add_argument(
+        "--batch-size", type=_positive_int, default=256, help="(default: 256)"
+    )
+    evaluate.add_argument(
+        "--output", metavar="RESULTS.json", help="also write the scores here"
+    )
+    _add_verbose_argument(evaluate)
+
+    export = commands.add_parser(
+        "export",
+        help="export one branch or the ensemble as a standalone model",
+        description="Export one branch (a compact model) or the ensemble of "
+        "a saved Distiller as a plain Keras model (.keras), a TensorFlow "
+        "SavedModel or a TFLite flatbuffer. The exported model maps "
+        "normalized images to logits and needs nothing from keras-one.",
+    )
+    export.add_argument("distiller_path", metavar="DISTILLER.keras")
+    export.add_argument(
+        "--branch",
+        default="0",
+        help="branch index, or 'ensemble' (default: 0)",
+    )
+    export.add_argument(
+        "--format",
+        default="keras",
+        choices=("keras", "savedmodel", "tflite"),
+        help="(default: keras)",
+    )
+    export.add_argument(
+        "--output",
+        metavar="PATH",
+        help="output file or directory (default: next to the distiller, "
+        "e.g. distiller_branch0.keras)",
     )
     return parser
 
 
-def _load_dataset(name, batch_size, seed):
-    import tensorflow as tf
+def _add_data_arguments(parser):
+    parser.add_argument("--dataset", default="digits", help=DATASET_HELP)
+    parser.add_argument(
+        "--data-dir",
+        help="tensorflow-datasets data directory (prepared or downloaded "
+        "data; default: ~/tensorflow_datasets)",
+    )
+    parser.add_argument(
+        "--manual-dir",
+        help="directory holding manually downloaded archives (imagenet2012)",
+    )
 
+
+def _add_verbose_argument(parser):
+    parser.add_argument(
+        "--verbose",
+        type=int,
+        default=1,
+        choices=(0, 1, 2),
+        help="Keras verbosity: 1 progress bar, 2 one line per epoch, 0 quiet "
+        "(default: 1)",
+    )
+
+
+def _load_dataset(args, batch_size, augment=True):
     from keras_one import data
 
-    if name != "digits":
-        raise SystemExit(
-            f"keras-one: error: unknown dataset {name!r}; available: digits"
+    options = {}
+    if args.data_dir:
+        options["data_dir"] = args.data_dir
+    if args.manual_dir:
+        options["manual_dir"] = args.manual_dir
+    try:
+        return data.load(
+            args.dataset,
+            batch_size=batch_size,
+            augment=augment,
+            seed=getattr(args, "seed", None),
+            **options,
         )
-    (x_train, y_train), (x_test, y_test) = data.load_digits()
-    train = (
-        tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    test = (
-        tf.data.Dataset.from_tensor_slices((x_test, y_test))
-        .batch(256)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    info = {
-        "num_classes": 10,
-        "input_shape": x_train.shape[1:],
-        "num_test_examples": len(x_test),
-    }
-    return train, test, info
+    except (ValueError, FileNotFoundError, TypeError, OSError) as error:
+        raise SystemExit(f"keras-one: error: {error}") from None
 
 
 def _make_method(args):
@@ -207,9 +283,9 @@ def train(args):
         f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
     )
     os.makedirs(output_dir, exist_ok=True)
-    train_ds, test_ds, info = _load_dataset(
-        args.dataset, args.batch_size, args.seed
-    )
+    train_ds, test_ds, info = _load_dataset(args, args.batch_size)
+    if args.model is None:
+        args.model = "resnet8" if args.dataset == "digits" else "resnet32"
     recipe = dict(
         model=args.model,
         train_ds=train_ds,
@@ -218,13 +294,16 @@ def train(args):
         epochs=args.epochs,
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
+        schedule=args.schedule,
         verbose=args.verbose,
     )
     results = {"arguments": vars(args)}
     results["dataset"] = {
-        "name": args.dataset,
-        "num_classes": info["num_classes"],
-        "input_shape": list(info["input_shape"]),
+        "name": info.name,
+        "num_classes": info.num_classes,
+        "input_shape": list(info.input_shape),
+        "num_train_examples": info.num_train_examples,
+        "num_test_examples": info.num_test_examples,
     }
     rows, curves = [], {}
     name = args.method.upper()
@@ -268,7 +347,7 @@ def train(args):
     with open(results_path, "w") as file:
         json.dump(results, file, indent=2, default=float)
     print()
-    size = info.get("num_test_examples")
+    size = info.num_test_examples
     size = f" ({size} images)" if size else ""
     print(f"Test accuracy on {args.dataset}{size}")
     print(report.format_table(rows, ("model", "accuracy (%)")))
@@ -281,6 +360,108 @@ def train(args):
     return results
 
 
+def _load_model(path):
+    import keras
+
+    import keras_one  # noqa: F401  (registers the Distiller for loading)
+
+    if not os.path.exists(path):
+        raise SystemExit(f"keras-one: error: no such file: {path}")
+    return keras.saving.load_model(path)
+
+
+def evaluate(args):
+    from keras_one import Distiller
+    from keras_one import report
+
+    model = _load_model(args.model_path)
+    _, test_ds, info = _load_dataset(args, args.batch_size, augment=False)
+    if isinstance(model, Distiller):
+        if not model.compiled:
+            model.compile()
+        scores = model.evaluate(test_ds, verbose=args.verbose, return_dict=True)
+    else:
+        import keras
+
+        model.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
+        )
+        scores = model.evaluate(test_ds, verbose=args.verbose, return_dict=True)
+    scores = {name: float(value) for name, value in scores.items()}
+    rows = [
+        (name, f"{100 * value:.2f}")
+        for name, value in scores.items()
+        if name.endswith("accuracy")
+    ]
+    print(f"Test accuracy on {info.name}")
+    print(report.format_table(rows, ("output", "accuracy (%)")))
+    if args.output:
+        with open(args.output, "w") as file:
+            json.dump(scores, file, indent=2)
+    return scores
+
+
+def export(args):
+    from keras_one import Distiller
+
+    distiller = _load_model(args.distiller_path)
+    if not isinstance(distiller, Distiller):
+        raise SystemExit(
+            f"keras-one: error: {args.distiller_path} is not a saved "
+            "Distiller (keras-one train writes one as distiller.keras)"
+        )
+    if args.branch == "ensemble":
+        model = distiller.get_ensemble_model()
+        suffix = "ensemble"
+    else:
+        try:
+            index = int(args.branch)
+        except ValueError:
+            raise SystemExit(
+                "keras-one: error: --branch must be an integer or 'ensemble'"
+            ) from None
+        try:
+            model = distiller.get_branch_model(index)
+        except ValueError as error:
+            raise SystemExit(f"keras-one: error: {error}") from None
+        suffix = f"branch{index}"
+    extension = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}
+    output = args.output or (
+        os.path.splitext(args.distiller_path)[0]
+        + f"_{suffix}"
+        + extension[args.format]
+    )
+    if args.format == "keras":
+        model.save(output)
+    elif args.format == "savedmodel":
+        model.export(output, format="tf_saved_model", verbose=False)
+    else:
+        _export_tflite(model, output)
+    print(f"wrote {output} ({model.count_params()} parameters)")
+    return output
+
+
+def _export_tflite(model, output):
+    import tempfile
+
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as saved_model:
+        model.export(saved_model, format="tf_saved_model", verbose=False)
+        try:
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+            flatbuffer = converter.convert()
+        except Exception as error:  # the converter raises many types
+            raise SystemExit(
+                "keras-one: error: the TFLite converter does not support this "
+                f"model ({type(error).__name__}: {str(error)[:300]}); export "
+                "it with --format keras or --format savedmodel instead"
+            ) from None
+    with open(output, "wb") as file:
+        file.write(flatbuffer)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -288,8 +469,8 @@ def main(argv=None):
         parser.print_help()
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.command == "train":
-        train(args)
+    command = {"train": train, "evaluate": evaluate, "export": export}
+    command[args.command](args)
     return 0
 
 

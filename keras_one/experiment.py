@@ -2,7 +2,8 @@
 
 One recipe for every run, so that a baseline and a distillation method are
 trained with exactly the same data, schedule, seed and evaluation: SGD with
-Nesterov momentum and a cosine learning-rate decay over all steps.
+Nesterov momentum 0.9 and a learning-rate schedule over all steps (a cosine
+decay, or ONE's official steps: x0.1 at 50% and 75% of training).
 """
 
 import time
@@ -12,13 +13,48 @@ import keras
 from keras_one import models
 from keras_one.distiller import Distiller
 
+SCHEDULES = ("cosine", "step")
 
-def cosine_sgd(learning_rate, decay_steps, momentum=0.9, nesterov=True):
-    """SGD with (Nesterov) momentum and a cosine decay to zero."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate, decay_steps=max(int(decay_steps), 1)
-    )
-    return keras.optimizers.SGD(schedule, momentum=momentum, nesterov=nesterov)
+
+def make_sgd(
+    learning_rate, total_steps, schedule="cosine", momentum=0.9, nesterov=True
+):
+    """SGD with (Nesterov) momentum and a learning-rate schedule.
+
+    Args:
+        learning_rate: the initial learning rate.
+        total_steps: the number of training steps of the whole run.
+        schedule: `"cosine"` (decay to 0 over `total_steps`) or `"step"`
+            (x0.1 at 50% and at 75% of the steps, as ONE's official 150 and
+            225 of 300 epochs).
+        momentum: momentum of SGD.
+        nesterov: whether to use Nesterov momentum.
+
+    Returns:
+        A `keras.optimizers.SGD`.
+    """
+    total_steps = max(int(total_steps), 1)
+    if schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=total_steps
+        )
+    elif schedule == "step":
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [total_steps // 2, (3 * total_steps) // 4],
+            [learning_rate, learning_rate / 10, learning_rate / 100],
+        )
+    else:
+        raise ValueError(
+            f"Unknown schedule {schedule!r}; choose one of {SCHEDULES}."
+        )
+    return keras.optimizers.SGD(rate, momentum=momentum, nesterov=nesterov)
+
+
+def _classes_and_shape(info):
+    """`num_classes` and `input_shape` of a `DatasetInfo` or a dict."""
+    if isinstance(info, dict):
+        return info["num_classes"], tuple(info["input_shape"])
+    return info.num_classes, tuple(info.input_shape)
 
 
 class _Timer(keras.callbacks.Callback):
@@ -58,6 +94,7 @@ def train_baseline(
     epochs,
     learning_rate=0.1,
     weight_decay=5e-4,
+    schedule="cosine",
     verbose=1,
     callbacks=(),
 ):
@@ -67,10 +104,13 @@ def train_baseline(
         model: a name for `keras_one.models.get`, e.g. `"resnet20"`.
         train_ds: batched training `tf.data.Dataset` of `(images, labels)`.
         test_ds: batched test dataset.
-        info: dict with `num_classes` and `input_shape`.
+        info: a `keras_one.data.DatasetInfo` (or a dict with
+            `num_classes` and `input_shape`).
         epochs: number of epochs.
-        learning_rate: initial learning rate of the cosine schedule.
+        learning_rate: initial learning rate.
         weight_decay: coupled weight decay of the network.
+        schedule: learning-rate schedule, `"cosine"` or `"step"` (see
+            `make_sgd`).
         verbose: Keras verbosity (1: progress bar).
         callbacks: extra Keras callbacks.
 
@@ -78,14 +118,15 @@ def train_baseline(
         `(model, results)`: results hold the test `accuracy`, the epoch
         `history` and `train_seconds`.
     """
+    num_classes, input_shape = _classes_and_shape(info)
     network = models.get(model)(
-        num_classes=info["num_classes"],
-        input_shape=info["input_shape"],
+        num_classes=num_classes,
+        input_shape=input_shape,
         num_branches=1,
         weight_decay=weight_decay,
     )
     network.compile(
-        optimizer=cosine_sgd(learning_rate, epochs * len(train_ds)),
+        optimizer=make_sgd(learning_rate, epochs * len(train_ds), schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
@@ -110,6 +151,7 @@ def train_distiller(
     num_branches=3,
     learning_rate=0.1,
     weight_decay=5e-4,
+    schedule="cosine",
     verbose=1,
     callbacks=(),
 ):
@@ -126,16 +168,17 @@ def train_distiller(
         branch (`branch_accuracy`, a list) and of the ensemble
         (`ensemble_accuracy`), the epoch `history` and `train_seconds`.
     """
+    num_classes, input_shape = _classes_and_shape(info)
     student = method.build_student(
         model,
-        num_classes=info["num_classes"],
-        input_shape=info["input_shape"],
+        num_classes=num_classes,
+        input_shape=input_shape,
         num_branches=num_branches,
         weight_decay=weight_decay,
     )
     distiller = Distiller(student, method)
     distiller.compile(
-        optimizer=cosine_sgd(learning_rate, epochs * len(train_ds))
+        optimizer=make_sgd(learning_rate, epochs * len(train_ds), schedule)
     )
     history, seconds = _fit(
         distiller, train_ds, test_ds, epochs, verbose, callbacks
