@@ -1,9 +1,11 @@
 import keras
 from keras import ops
 
+from keras_one.layers.fusion_classifier import FusionClassifier
 from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
+from keras_one.methods._head_check import warn_unless_from
 from keras_one.methods.method import Method
 
 
@@ -77,6 +79,15 @@ class FFL(Method):
             input_shape=input_shape,
             num_branches=num_branches,
             **model_kwargs,
+        )
+
+    def check_outputs(self, outputs):
+        super().check_outputs(outputs)
+        warn_unless_from(
+            outputs["ensemble_logits"],
+            FusionClassifier,
+            "FFL",
+            "fusion_classifier",
         )
 
     def compute_losses(self, labels, outputs, epoch):

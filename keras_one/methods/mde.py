@@ -1,9 +1,11 @@
 import keras
 from keras import ops
 
+from keras_one.layers.feature_fusion import FeatureFusion
 from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
+from keras_one.methods._head_check import warn_unless_from
 from keras_one.methods.method import Method
 
 
@@ -104,6 +106,12 @@ class MDE(Method):
             for j in range(i + 1, len(unit))
         ]
         return sum(pairs) / len(pairs)
+
+    def check_outputs(self, outputs):
+        super().check_outputs(outputs)
+        warn_unless_from(
+            outputs["ensemble_logits"], FeatureFusion, "MDE", "feature_fusion"
+        )
 
     def compute_losses(self, labels, outputs, epoch):
         branch_logits = outputs["branch_logits"]

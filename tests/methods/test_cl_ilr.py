@@ -110,6 +110,15 @@ def test_fit_reduces_the_loss_and_exports(tiny_data, tmp_path):
     assert after["ensemble_accuracy"] > 0.8
 
     outputs = student(x, training=False)
+    distiller.save(tmp_path / "cl_ilr.keras")
+    loaded = keras.saving.load_model(tmp_path / "cl_ilr.keras", safe_mode=True)
+    assert loaded.method.hard_target_weight == 0.5
+    for a, b in zip(
+        loaded.student(x, training=False)["branch_logits"],
+        outputs["branch_logits"],
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     branch = distiller.get_branch_model(2)
     assert not any(isinstance(layer, GradientScale) for layer in branch.layers)
     np.testing.assert_allclose(

@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras_one
@@ -116,3 +117,8 @@ def test_fit_save_load_and_export(make_student, tiny_data, tmp_path):
     np.testing.assert_allclose(
         branch.predict(x, verbose=0), outputs["branch_logits"][0], atol=1e-5
     )
+
+
+def test_warns_about_a_student_without_the_fusion_classifier(make_student):
+    with pytest.warns(UserWarning, match="head='fusion_classifier'"):
+        keras_one.Distiller(make_student(num_branches=2), FFL())

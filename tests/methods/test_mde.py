@@ -147,3 +147,8 @@ def test_fit_save_load_and_export(make_student, tiny_data, tmp_path):
     np.testing.assert_allclose(
         branch.predict(x, verbose=0), outputs["branch_logits"][1], atol=1e-5
     )
+
+
+def test_warns_about_a_student_without_feature_fusion(make_student):
+    with pytest.warns(UserWarning, match="head='feature_fusion'"):
+        keras_one.Distiller(make_student(num_branches=2), MDE())
