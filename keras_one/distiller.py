@@ -4,6 +4,10 @@ TensorFlow backend only (its `train_step` uses `tf.GradientTape`); the
 layers and losses it uses are backend-independent `keras.ops` code.
 """
 
+import json
+import math
+import os
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -51,6 +55,91 @@ class _EpochCounter(keras.callbacks.Callback):
         self.model.current_epoch.assign(float(epoch))
 
 
+class _NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops `fit` with a clear error as soon as the loss is NaN or infinite.
+
+    Reads the logged running loss of the epoch, which stays finite until a
+    step's loss is not. It needs no change to the compiled step (in-graph
+    checks are dropped by XLA) and is safe for Keras' asynchronous callback
+    dispatch, so the training loop does not wait for it.
+    """
+
+    async_safe = True
+
+    def __init__(self, loss_names):
+        super().__init__()
+        self.loss_names = ("loss", *loss_names)
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f"epoch {self.epoch}, batch {batch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"the end of epoch {epoch}")
+
+    def _check(self, logs, where):
+        logs = logs or {}
+        bad = [
+            name
+            for name in self.loss_names
+            if name in logs and not math.isfinite(float(logs[name]))
+        ]
+        if not bad:
+            return
+        self.model.stop_training = True
+        raise FloatingPointError(
+            f"The training loss became {float(logs.get('loss', 'nan'))} at "
+            f"{where} (non-finite: {', '.join(bad)}); training cannot "
+            "recover from a NaN or infinite loss. Usual causes and fixes: a "
+            "learning rate too high for the start of training (lower it, add "
+            "a warm-up, or clip gradients, e.g. SGD(..., clipnorm=1.0)); "
+            "inputs holding NaN or inf, or far from unit scale (check and "
+            "normalize them); float16 overflow (under the 'mixed_float16' "
+            "policy keep the loss scaling that compile() adds, or use "
+            "'mixed_bfloat16')."
+        )
+
+
+class _ResumeWithinEpoch(keras.callbacks.Callback):
+    """Makes `keras.callbacks.BackupAndRestore` resume where it stopped.
+
+    Keras' callback restores the weights, the optimizer state and the epoch
+    of its last backup, but starts that epoch from its first batch again,
+    and records epoch 0 in the backups it takes before the first epoch end
+    after a restart. This companion (added by `Distiller.fit`, after the
+    backup callback) reads the backup's record and has the Distiller skip
+    the batches that were already trained, and keeps the recorded epoch
+    right, so a run killed mid-epoch and started again ends as an
+    uninterrupted one (given an input order that depends only on the epoch).
+    """
+
+    def __init__(self, backup):
+        super().__init__()
+        self.backup = backup
+
+    def on_train_begin(self, logs=None):
+        self.model._batches_to_skip = 0
+        path = os.path.join(self.backup.backup_dir, "training_metadata.json")
+        if not isinstance(self.backup.save_freq, int):
+            return
+        if not tf.io.gfile.exists(path):
+            return
+        with tf.io.gfile.GFile(path) as file:
+            record = json.load(file)
+        # A step backup records the index of the last batch it had trained.
+        self.model._batches_to_skip = int(record.get("batch", -1)) + 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras' callback only learns the epoch at an epoch end.
+        self.backup._current_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model._batches_to_skip = 0
+
+
 @keras.saving.register_keras_serializable(package="keras_one")
 class Distiller(keras.Model):
     """Trains a student network with an online or offline distillation method.
@@ -76,9 +165,36 @@ class Distiller(keras.Model):
 
     Labels are integer class indices, shape `(batch,)` or `(batch, 1)`.
 
+    Scaling and recovery:
+
+    - Under a `tf.distribute` strategy (`MirroredStrategy`,
+      `MultiWorkerMirroredStrategy`, `TPUStrategy`) the gradient is that of
+      the loss averaged over the global batch, also when the last batch
+      splits unevenly over the replicas. BatchNormalization normalizes each
+      replica's share of the batch, as PyTorch's DataParallel and
+      DistributedDataParallel do; with `synchronized_batch_norm=True` it
+      uses the statistics of the global batch, and training on N replicas
+      gives the same weights as on one device with the same global batch.
+    - `fit` stops with a `FloatingPointError` that names the problem and the
+      usual fixes as soon as the loss is NaN or infinite.
+    - With `keras.callbacks.BackupAndRestore(backup_dir, save_freq=steps)`
+      a run killed mid-epoch and started again resumes after the last
+      trained batch (Keras' callback alone restarts the epoch), with the
+      right `current_epoch`.
+    - Mixed precision (`keras.mixed_precision.set_dtype_policy(
+      "mixed_float16")` or `"mixed_bfloat16"` before building the student)
+      computes the losses, their softmax and KL in float32; under
+      `mixed_float16` `compile` wraps the optimizer in a
+      `keras.optimizers.LossScaleOptimizer`.
+
     Args:
         student: a `keras.Model` returning branch logits (see above).
         method: a `keras_one.methods.Method`, e.g. `keras_one.methods.ONE()`.
+        synchronized_batch_norm: if `True`, the BatchNormalization layers of
+            the student and of the method compute their training statistics
+            over the global batch under a multi-replica strategy (an
+            all-reduce per layer and step), not over each replica's share.
+            Their saved configuration is unchanged. No effect on one device.
         **kwargs: `keras.Model` keyword arguments, such as `name`.
 
     Example:
@@ -94,7 +210,9 @@ class Distiller(keras.Model):
     ```
     """
 
-    def __init__(self, student, method, **kwargs):
+    def __init__(
+        self, student, method, synchronized_batch_norm=False, **kwargs
+    ):
         super().__init__(**kwargs)
         if not isinstance(student, keras.Model):
             raise TypeError(
@@ -108,6 +226,8 @@ class Distiller(keras.Model):
             )
         self.student = student
         self.method = method
+        self.synchronized_batch_norm = bool(synchronized_batch_norm)
+        self._batches_to_skip = 0
         self.current_epoch = keras.Variable(
             0.0,
             trainable=False,
@@ -178,36 +298,64 @@ class Distiller(keras.Model):
             sample_weight = ops.reshape(
                 ops.cast(sample_weight, "float32"), (-1,)
             )
+        batch_size = ops.cast(ops.shape(labels)[0], "float32")
+        # Per-example terms are summed over the examples here, and divided
+        # by the batch size (the global one in `train_step`); the terms that
+        # do not depend on the batch and the regularization are added once.
+        example_sum = ops.zeros((), "float32")
+        penalty = ops.zeros((), "float32")
         for name, value in terms.items():
+            value = ops.cast(value, "float32")
             if len(value.shape) != 0:
                 if sample_weight is not None:
                     value = value * sample_weight
-                terms[name] = ops.mean(value)
-        loss = sum(terms.values())
+                value = ops.sum(value)
+                example_sum = example_sum + value
+                value = value / ops.maximum(batch_size, 1.0)
+            else:
+                penalty = penalty + value
+            terms[name] = value
         if self.losses:
-            loss = loss + ops.cast(ops.sum(self.losses), "float32")
-        return labels, outputs, terms, loss
+            penalty = penalty + ops.cast(ops.sum(self.losses), "float32")
+        loss = example_sum / ops.maximum(batch_size, 1.0) + penalty
+        return labels, outputs, terms, loss, (example_sum, batch_size, penalty)
 
     # === Steps ===
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            labels, outputs, terms, loss = self._forward_and_loss(
+            labels, outputs, terms, loss, parts = self._forward_and_loss(
                 x, y, sample_weight, training=True
             )
-            # Gradients are summed over replicas: average over the global
-            # batch, not the per-replica one.
-            replicas = self.distribute_strategy.num_replicas_in_sync
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
+            objective = self._global_batch_objective(loss, *parts)
+            scaled_loss = self.optimizer.scale_loss(objective)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
         return self._update_metrics(labels, outputs, terms, loss, sample_weight)
 
+    def _global_batch_objective(self, loss, example_sum, batch_size, penalty):
+        """This replica's share of the loss averaged over the global batch.
+
+        The gradients of the replicas are summed, so each replica
+        differentiates its examples' summed loss divided by the global batch
+        size (all-reduced: the last batch may split unevenly), plus its
+        share of the batch-independent terms.
+        """
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if replicas == 1:
+            return loss
+        context = tf.distribute.get_replica_context()
+        global_batch_size = context.all_reduce("sum", batch_size)
+        return (
+            example_sum / ops.maximum(global_batch_size, 1.0)
+            + penalty / replicas
+        )
+
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        labels, outputs, terms, loss = self._forward_and_loss(
+        labels, outputs, terms, loss, _ = self._forward_and_loss(
             x, y, sample_weight, training=False
         )
         return self._update_metrics(labels, outputs, terms, loss, sample_weight)
@@ -297,8 +445,93 @@ class Distiller(keras.Model):
     # === Training loop ===
 
     def fit(self, *args, callbacks=None, **kwargs):
-        callbacks = list(callbacks or []) + [_EpochCounter()]
+        callbacks = list(callbacks or [])
+        callbacks += [
+            _ResumeWithinEpoch(callback)
+            for callback in callbacks
+            if isinstance(callback, keras.callbacks.BackupAndRestore)
+        ]
+        callbacks += [
+            _EpochCounter(),
+            _NonFiniteLossGuard(self.method.loss_names),
+        ]
         return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def make_train_function(self, force=False):
+        """Wraps Keras' train function: batch skipping and synchronized BN.
+
+        The wrapper runs in Python around each compiled call. It lets a run
+        restored by `BackupAndRestore` skip the batches its backup had
+        already trained, and, with `synchronized_batch_norm`, has the
+        BatchNormalization layers read `synchronized=True` while the step
+        is traced (the flag is set around the call, not per replica, and
+        restored after it, so saved configurations never carry it).
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=force)
+        run_steps = self.train_function
+
+        def train_function(iterator):
+            if self._batches_to_skip > 0:
+                return self._skip_batches(iterator)
+            layers = self._batch_norm_layers_to_synchronize()
+            for layer in layers:
+                layer.synchronized = True
+            try:
+                return run_steps(iterator)
+            finally:
+                for layer in layers:
+                    layer.synchronized = False
+
+        self.train_function = train_function
+        return train_function
+
+    def _batch_norm_layers_to_synchronize(self):
+        if (
+            not self.synchronized_batch_norm
+            or self.distribute_strategy.num_replicas_in_sync == 1
+        ):
+            return []
+        return [
+            layer
+            for layer in self._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+            and not layer.synchronized
+        ]
+
+    def _skip_batches(self, iterator):
+        """Consumes one call's batches without training on them."""
+        for _ in range(min(self.steps_per_execution, self._batches_to_skip)):
+            self._batches_to_skip -= 1
+            next(iterator)
+        return self.get_metrics_result()
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Builds the Distiller before `fit`/`evaluate` under a strategy.
+
+        Overrides a hook of Keras' TensorFlow trainer. Under a strategy Keras
+        peeks at one batch and reduces it across replicas just to learn its
+        shapes; with `MultiWorkerMirroredStrategy` on two or more workers
+        that reduction fails before the first step (keras-team/keras#20585).
+        A Distiller built from a functional student needs no data to build;
+        otherwise the first local replica's share of the batch gives the
+        shapes without any communication.
+        """
+        strategy = self._distribute_strategy
+        if strategy is None or iterator is None:
+            return super()._maybe_symbolic_build(
+                iterator=iterator, data_batch=data_batch
+            )
+        if not all(layer.built for layer in self._flatten_layers()):
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda value: _first_local_value(strategy, value),
+                    next(batches),
+                )
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
 
     # === Export ===
 
@@ -349,6 +582,7 @@ class Distiller(keras.Model):
             "trainable": self.trainable,
             "student": keras.saving.serialize_keras_object(self.student),
             "method": keras.saving.serialize_keras_object(self.method),
+            "synchronized_batch_norm": self.synchronized_batch_norm,
         }
 
     @classmethod
@@ -361,6 +595,13 @@ class Distiller(keras.Model):
             config["method"]
         )
         return cls(**config)
+
+
+def _first_local_value(strategy, value):
+    """The first local replica's part of a distributed value (else value)."""
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)[0]
+    return value
 
 
 def _make_metric(identifier, prefix):
