@@ -1,0 +1,182 @@
+import keras_tuner as kt
+import numpy as np
+import pytest
+
+import keras_one
+from keras_one.tuning import BestBranchMetric
+from keras_one.tuning import DistillerHyperModel
+
+TINY = dict(model="resnet8", num_classes=4, input_shape=(8, 8, 1))
+
+
+@pytest.mark.slow
+def test_tiny_search_returns_models_that_predict(tiny_data, tmp_path):
+    x, y = tiny_data
+    hypermodel = DistillerHyperModel(
+        "one", epochs=1, num_branches=(2, 3), **TINY
+    )
+    tuner = kt.RandomSearch(
+        hypermodel,
+        objective=hypermodel.objective,
+        max_trials=2,
+        seed=0,
+        directory=tmp_path,
+        project_name="tiny",
+    )
+    tuner.search(
+        x, y, validation_data=(x[:48], y[:48]), batch_size=32, verbose=0
+    )
+    trials = list(tuner.oracle.trials.values())
+    assert len(trials) == 2
+    assert all(t.status == "COMPLETED" for t in trials)
+    for trial in trials:
+        score = trial.metrics.get_best_value("val_ensemble_accuracy")
+        assert trial.score == pytest.approx(score)
+        assert 0.0 <= score <= 1.0
+        # The best-branch metric is logged too: the best branch, per epoch.
+        branches = [
+            trial.metrics.get_last_value(f"val_branch_{i}_accuracy")
+            for i in range(trial.hyperparameters.get("num_branches"))
+        ]
+        best = trial.metrics.get_last_value("val_best_branch_accuracy")
+        assert best == pytest.approx(max(branches))
+
+    models = tuner.get_best_models(num_models=2)
+    best_hps = tuner.get_best_hyperparameters(num_trials=2)
+    for model, hp in zip(models, best_hps, strict=True):
+        assert isinstance(model, keras_one.Distiller)
+        outputs = model.predict(x[:5], verbose=0)
+        assert len(outputs["branch_logits"]) == hp.get("num_branches")
+        assert outputs["ensemble_logits"].shape == (5, 4)
+        assert np.all(np.isfinite(outputs["ensemble_logits"]))
+        assert model.method.temperature == pytest.approx(hp.get("temperature"))
+    # The best checkpoint was restored: the best score on the same data.
+    logs = models[0].evaluate(
+        x[:48], y[:48], batch_size=48, return_dict=True, verbose=0
+    )
+    best_score = max(t.score for t in trials)
+    assert logs["ensemble_accuracy"] == pytest.approx(best_score)
+
+
+def test_build_maps_hyperparameters_onto_method_student_and_optimizer():
+    hypermodel = DistillerHyperModel(
+        "mde",
+        epochs=20,
+        num_branches=3,
+        temperature=[2.0, 4.0],
+        rampup_fraction=0.25,
+        learning_rate=(0.05, 0.05),
+        weight_decay=5e-4,
+        method_hyperparameters={"diversity_weight": (0.1, 2.0, "log")},
+        **TINY,
+    )
+    hp = kt.HyperParameters()
+    distiller = hypermodel.build(hp)
+    assert isinstance(distiller.method, keras_one.methods.MDE)
+    assert distiller.num_branches == 3
+    assert distiller.method.temperature in (2.0, 4.0)
+    assert distiller.method.rampup_epochs == 5  # 0.25 * 20
+    assert 0.1 <= distiller.method.diversity_weight <= 2.0
+    assert float(distiller.optimizer.learning_rate) == pytest.approx(0.05)
+    assert float(distiller.optimizer.momentum) == pytest.approx(0.9)
+    # Coupled weight decay: L2(wd / 2) on the convolutions.
+    conv = distiller.student.get_layer("stem_conv")
+    assert conv.kernel_regularizer.l2 == pytest.approx(2.5e-4)
+    assert set(hp.values) == {
+        "num_branches",
+        "temperature",
+        "rampup_fraction",
+        "learning_rate",
+        "weight_decay",
+        "diversity_weight",
+    }
+    sampling = hp.get_config()["space"]
+    diversity = [
+        s for s in sampling if s["config"]["name"] == "diversity_weight"
+    ]
+    assert diversity[0]["config"]["sampling"] == "log"
+
+
+def test_none_leaves_defaults_and_functions_define_anything():
+    hypermodel = DistillerHyperModel(
+        "one",
+        num_branches=None,
+        temperature=lambda hp: hp.Choice("T", [5.0]),
+        rampup_fraction=None,
+        weight_decay=None,
+        **TINY,
+    )
+    hp = kt.HyperParameters()
+    distiller = hypermodel.build(hp)
+    assert distiller.num_branches == 3  # the builder's default
+    assert distiller.method.rampup_epochs == 80  # ONE's default
+    assert distiller.method.temperature == 5.0
+    assert set(hp.values) == {"T", "learning_rate"}
+
+
+def test_single_branch_methods_need_the_best_branch_objective(tiny_data):
+    x, y = tiny_data
+    teacher = keras_one.models.cifar_resnet(
+        depth=8, num_classes=4, num_branches=1, input_shape=(8, 8, 1)
+    )
+    options = dict(method_options={"teacher": teacher}, num_branches=None)
+    hypermodel = DistillerHyperModel("kd", epochs=1, **options, **TINY)
+    assert hypermodel.method_knobs == {"alpha": 0.9}
+    hp = kt.HyperParameters()
+    distiller = hypermodel.build(hp)
+    with pytest.raises(ValueError, match="objective='best_branch'"):
+        hypermodel.fit(hp, distiller, x, y, validation_data=(x, y))
+    hypermodel = DistillerHyperModel(
+        "kd",
+        epochs=1,
+        objective="best_branch",
+        method_hyperparameters={"alpha": (0.5, 0.9)},
+        **options,
+        **TINY,
+    )
+    distiller = hypermodel.build(hp)
+    history = hypermodel.fit(
+        hp, distiller, x, y, validation_data=(x, y), batch_size=48, verbose=0
+    )
+    assert history.history["val_best_branch_accuracy"] == pytest.approx(
+        history.history["val_accuracy"]
+    )
+
+
+def test_bad_search_spaces_are_explained():
+    with pytest.raises(ValueError, match=r"no tunable arguments \['alpha'\]"):
+        DistillerHyperModel("one", method_hyperparameters={"alpha": 0.5})
+    with pytest.raises(ValueError, match="at least 2 branches"):
+        DistillerHyperModel("one", num_branches=(1, 3))
+    with pytest.raises(ValueError, match="log sampling needs low > 0"):
+        DistillerHyperModel("one", weight_decay=(0.0, 1e-3, "log"))
+    with pytest.raises(ValueError, match="search space is"):
+        DistillerHyperModel("one", temperature="hot")
+    with pytest.raises(ValueError, match="Unknown method"):
+        DistillerHyperModel("nope")
+    with pytest.raises(TypeError, match="teacher"):
+        DistillerHyperModel("kd")
+    with pytest.raises(ValueError, match="include 'accuracy'"):
+        DistillerHyperModel("one", metrics=["mse"])
+
+
+def test_best_branch_metric_reads_the_distiller_logs():
+    callback = BestBranchMetric()
+    logs = {
+        "branch_0_accuracy": 0.5,
+        "branch_1_accuracy": 0.7,
+        "ensemble_accuracy": 0.9,
+        "val_branch_0_accuracy": 0.6,
+        "val_branch_1_accuracy": 0.4,
+        "val_ensemble_accuracy": 0.95,
+    }
+    callback.on_epoch_end(0, logs)
+    assert logs["best_branch_accuracy"] == 0.7
+    assert logs["val_best_branch_accuracy"] == 0.6
+    single = {"accuracy": 0.3, "val_accuracy": 0.2}
+    BestBranchMetric().on_epoch_end(0, single)
+    assert single["best_branch_accuracy"] == 0.3
+    errors = {"branch_0_mae": 0.3, "branch_1_mae": 0.1}
+    BestBranchMetric("mae", mode="min").on_epoch_end(0, errors)
+    assert errors["best_branch_mae"] == 0.1
+    assert "val_best_branch_mae" not in errors
