@@ -9,6 +9,7 @@ from keras_one.methods.mde import MDE
 from keras_one.methods.method import Method
 from keras_one.methods.okddip import OKDDip
 from keras_one.methods.one import ONE
+from keras_one.methods.sokd import SOKD
 
 _METHODS = {"one": ONE}
 _METHODS["dml"] = DML
@@ -18,6 +19,7 @@ _METHODS["ffl"] = FFL
 _METHODS["mde"] = MDE
 _METHODS["kd"] = KD
 _METHODS["ekd"] = EKD
+_METHODS["sokd"] = SOKD
 
 
 def get(name):

@@ -235,7 +235,7 @@ class EKD(TeacherMethod):
             "kl": self.alpha
             * weight
             * sum(
-                distillation_kl(t, z, self.temperature)
+                distillation_kl(ops.stop_gradient(t), z, self.temperature)
                 for t, z in zip(
                     outputs["teacher_logits"], branch_logits, strict=True
                 )
@@ -244,7 +244,7 @@ class EKD(TeacherMethod):
         }
         if self.feature_layers:
             terms["feature"] = self.feature_weight * sum(
-                _mean_squared_error(a, g)
+                _mean_squared_error(a, ops.stop_gradient(g))
                 for a, g in zip(
                     outputs["adapted_features"],
                     outputs["teacher_features"],

@@ -128,7 +128,7 @@ class KD(TeacherMethod):
 
     def compute_losses(self, labels, outputs, epoch):
         branch_logits = outputs["branch_logits"]
-        teacher = outputs["teacher_logits"]
+        teacher = ops.stop_gradient(outputs["teacher_logits"])
         if self.distillation_loss is None:
             divergence = sum(
                 distillation_kl(teacher, z, self.temperature)

@@ -1,0 +1,234 @@
+import difflib
+import re
+
+import keras
+from keras import ops
+
+from keras_one.losses import cross_entropy
+from keras_one.losses import distillation_kl
+from keras_one.losses import rampup_weight
+from keras_one.methods.teacher_method import TeacherMethod
+
+
+@keras.saving.register_keras_serializable(package="keras_one")
+class SOKD(TeacherMethod):
+    """Semi-Online Knowledge Distillation (Liu, Liu and Huang, BMVC 2021).
+
+    "Semi-Online Knowledge Distillation" (arXiv:2111.11747, official code
+    github.com/swlzq/Semi-Online-KD): a frozen pre-trained teacher and a
+    trainable *knowledge bridge* attached to the teacher's intermediate
+    features. The bridge is a freshly initialized copy of the teacher's
+    layers after `bridge_from` (officially the output of the teacher's
+    second-to-last stage: a copy of its last stage, BatchNormalization,
+    ReLU, pooling and classifier), fed with the detached teacher features.
+    It learns from the labels, from the teacher and from the student; the
+    student learns from the labels and from the bridge; one optimizer step
+    updates both:
+
+    `L_bridge  = CE(z_A, y) + KL_T(sg z_T || z_A) + KL_T(sg z_S || z_A)`
+    `L_student = CE(z_S, y) + KL_T(sg z_A || z_S)`
+
+    with `T = 4` and `KL_T` summed over classes, averaged over the batch and
+    scaled by `T^2`, as in the official code (its `SoftTarget(T=4)`). The
+    terms are logged as `ce`, `kl` (student) and `bridge_ce`,
+    `bridge_kl_teacher`, `bridge_kl_student`. With a multi-branch student
+    every branch is a student: its terms are summed over branches.
+
+    Readings where this differs from the official code:
+
+    - The frozen teacher runs in inference mode: its BatchNormalization
+      uses its moving statistics and never updates them (a Keras frozen
+      BatchNormalization always does). The official code leaves the
+      teacher in training mode (batch statistics, running averages
+      updated).
+    - The bridge is trained with the student's optimizer and learning rate;
+      the official code gives it its own learning rate (0.05 vs 0.1).
+    - The bridge is freshly initialized, as the official bridge is in
+      effect (copied before the teacher's checkpoint is loaded).
+
+    The teacher (and the bridge) are saved with the `Distiller`. The
+    teacher must be a functional or Sequential model returning a single
+    logits tensor for the student's classes. The bridge is not part of the
+    student: `Distiller.get_branch_model` exports the student alone.
+
+    Args:
+        teacher: a pre-trained functional `keras.Model` returning logits.
+        bridge_from: name of the teacher layer whose output feeds the
+            bridge. Its output alone must feed the rest of the teacher (the
+            end of a stage, not inside a residual block). Defaults to the
+            end of stage 2 of a `keras_one.models.cifar_resnet` teacher (its
+            second-to-last stage); name the layer for other teachers.
+        temperature: `T`, default 4.
+        **kwargs: `Method` keyword arguments (`name`; `rampup_epochs`,
+            default 0: none, as in the paper).
+
+    Example:
+
+    >>> teacher = keras_one.models.cifar_resnet(56, num_branches=1)
+    >>> method = SOKD(teacher)  # bridge_from="stage2_block9_out"
+    >>> distiller = keras_one.Distiller(method.build_student("resnet20"),
+    ...                                 method)
+    """
+
+    loss_names = (
+        "ce",
+        "kl",
+        "bridge_ce",
+        "bridge_kl_teacher",
+        "bridge_kl_student",
+    )
+
+    def __init__(self, teacher, bridge_from=None, temperature=4.0, **kwargs):
+        super().__init__(teachers=[teacher], temperature=temperature, **kwargs)
+        self.bridge_from = bridge_from or _default_bridge_layer(teacher)
+        _check_bridge_layer(teacher, self.bridge_from)
+
+    @property
+    def teacher(self):
+        """The frozen teacher."""
+        return self.teachers[0]
+
+    def build_student(
+        self,
+        model="resnet32",
+        num_classes=10,
+        input_shape=(32, 32, 3),
+        num_branches=1,
+        **model_kwargs,
+    ):
+        """Builds a single-branch student (a plain classifier).
+
+        `num_branches` is ignored: SOKD trains one network. See
+        `Method.build_student` for the other arguments.
+        """
+        return super().build_student(
+            model,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            num_branches=1,
+            **model_kwargs,
+        )
+
+    def build(self, inputs_shape, outputs_shape):
+        super().build(inputs_shape, outputs_shape)
+        teacher = self.teacher
+        logits = teacher.output
+        if isinstance(logits, (dict, list, tuple)):
+            raise ValueError(
+                f"SOKD copies the layers of teacher {teacher.name!r} after "
+                f"{self.bridge_from!r} into its bridge, so the teacher must "
+                "return a single logits tensor; it returns a "
+                f"{type(logits).__name__}."
+            )
+        features = teacher.get_layer(self.bridge_from).output
+        self.teacher_features = keras.Model(
+            teacher.inputs,
+            {"features": features, "logits": logits},
+            name="teacher_features",
+        )
+        try:
+            tail = keras.Model(features, logits)
+        except ValueError as error:
+            raise ValueError(
+                f"The teacher's layers after {self.bridge_from!r} also read "
+                "tensors from before it (a skip connection crosses it), so "
+                "they cannot be copied into a bridge fed by its output "
+                "alone. Choose the end of a stage as bridge_from. (Keras "
+                f"said: {error})"
+            ) from None
+        self.bridge = keras.models.clone_model(tail)
+        self.bridge.name = "bridge"
+        # The cloned layers copy the frozen teacher's `trainable=False`,
+        # while the new model itself is trainable; with the TensorFlow
+        # backend `bridge.trainable = True` on an already-trainable model is
+        # a no-op (Keras skips assigning an identical attribute value), so
+        # toggle it to reach every layer.
+        self.bridge.trainable = False
+        self.bridge.trainable = True
+
+    def call(self, inputs, outputs, training=None):
+        teacher_outputs = self.teacher_features(inputs, training=False)
+        features = ops.stop_gradient(teacher_outputs["features"])
+        return {
+            "teacher_logits": ops.stop_gradient(teacher_outputs["logits"]),
+            "bridge_logits": self.bridge(features, training=training),
+        }
+
+    def compute_losses(self, labels, outputs, epoch):
+        student_logits = outputs["branch_logits"]
+        teacher = ops.stop_gradient(outputs["teacher_logits"])
+        bridge = outputs["bridge_logits"]
+        detached_bridge = ops.stop_gradient(bridge)
+        weight = rampup_weight(epoch, self.rampup_epochs)
+        temperature = self.temperature
+        return {
+            "ce": sum(cross_entropy(labels, z) for z in student_logits),
+            "kl": weight
+            * sum(
+                distillation_kl(detached_bridge, z, temperature)
+                for z in student_logits
+            ),
+            "bridge_ce": cross_entropy(labels, bridge),
+            "bridge_kl_teacher": weight
+            * distillation_kl(teacher, bridge, temperature),
+            "bridge_kl_student": weight
+            * sum(
+                distillation_kl(ops.stop_gradient(z), bridge, temperature)
+                for z in student_logits
+            ),
+        }
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "teacher": self.serialize_teacher(0),
+            "bridge_from": self.bridge_from,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["teacher"] = keras.saving.deserialize_keras_object(
+            config["teacher"]
+        )
+        return cls(**config)
+
+
+def _default_bridge_layer(teacher):
+    """The end of stage 2 of a keras_one CIFAR ResNet, else a clear error."""
+    names = [layer.name for layer in getattr(teacher, "layers", [])]
+    stage_ends = [n for n in names if re.fullmatch(r"stage2_block\d+_out", n)]
+    if stage_ends:
+        return stage_ends[-1]
+    raise ValueError(
+        f"SOKD needs bridge_from, the name of the layer of teacher "
+        f"{teacher.name!r} whose output feeds the knowledge bridge (the "
+        "official choice: the end of the teacher's second-to-last stage). "
+        "The default only recognizes keras_one.models.cifar_resnet "
+        "teachers; print teacher.summary() to see the layer names."
+    )
+
+
+def _check_bridge_layer(teacher, layer_name):
+    try:
+        _ = teacher.output
+    except (AttributeError, ValueError):
+        raise ValueError(
+            f"SOKD copies the layers of teacher {teacher.name!r} after "
+            f"{layer_name!r} into its bridge, which needs a functional or "
+            "Sequential teacher; this one is subclassed."
+        ) from None
+    names = [layer.name for layer in teacher.layers]
+    if layer_name not in names:
+        close = difflib.get_close_matches(layer_name, names, n=5, cutoff=0.5)
+        hint = f" Did you mean one of {close}?" if close else ""
+        raise ValueError(
+            f"No layer named {layer_name!r} in teacher {teacher.name!r}."
+            f"{hint} Print teacher.summary() to see the layer names."
+        )
+    if layer_name == teacher.layers[-1].name:
+        raise ValueError(
+            f"bridge_from={layer_name!r} is the teacher's last layer: the "
+            "bridge would copy nothing. Choose an earlier layer, such as "
+            "the end of the teacher's second-to-last stage."
+        )
