@@ -7,6 +7,7 @@ from keras_one.methods.ffl import FFL
 from keras_one.methods.kd import KD
 from keras_one.methods.mde import MDE
 from keras_one.methods.method import Method
+from keras_one.methods.oec import OEC
 from keras_one.methods.okddip import OKDDip
 from keras_one.methods.one import ONE
 from keras_one.methods.sokd import SOKD
@@ -20,6 +21,7 @@ _METHODS["mde"] = MDE
 _METHODS["kd"] = KD
 _METHODS["ekd"] = EKD
 _METHODS["sokd"] = SOKD
+_METHODS["oec"] = OEC
 
 
 def get(name):

@@ -4,6 +4,7 @@ from keras_one.models.cifar_resnet import cifar_resnet
 from keras_one.models.gradient_rescaling import rescale_trunk_gradient
 from keras_one.models.heads import HEADS
 from keras_one.models.multi_branch import make_multi_branch
+from keras_one.models.oec_resnet import oec_resnet
 
 
 def get(name):
