@@ -42,6 +42,7 @@ ALIASES = {"svhn": "svhn_cropped", "imagenet": "imagenet2012"}
 # tfds stores imagenet2012 as JPEG: the training crop is decoded alone.
 _JPEG_DATASETS = ("imagenet2012",)
 _IMAGENET_SHUFFLE_BUFFER = 10_000
+_CACHE_LIMIT_BYTES = 1 << 30
 
 
 def load_tfds(
@@ -109,8 +110,10 @@ def load_tfds(
         image_size: `(height, width)` of the crops of datasets whose images
             vary in size (224 for ImageNet).
         cache: cache the decoded source in memory (`True`), in a file (a
-            path) or not (`False`); defaults to `True` except for ImageNet.
-            SVHN `train+extra` takes about 1.9 GB in memory.
+            path) or not (`False`); defaults to `True` for CIFAR and SVHN
+            (SVHN `train+extra` takes about 1.9 GB), `False` for ImageNet,
+            and for other datasets `True` when they are stored in under
+            1 GB.
         mean: per-channel mean (in [0, 1] units) instead of the preset.
         std: per-channel standard deviation to use with `mean`.
         shuffle_buffer: shuffle buffer size (default: the training set up
@@ -233,7 +236,7 @@ def load_tfds(
         return tf.ensure_shape(image, input_shape)
 
     if cache is None:
-        cache = preset.cache if preset else True
+        cache = preset.cache if preset else _fits_in_memory(builder)
     if shuffle_buffer is None and encoded:
         shuffle_buffer = _IMAGENET_SHUFFLE_BUFFER
     num_train = _num_examples(builder, train_split, train_source)
@@ -286,6 +289,15 @@ def _eval_transform(fixed_size, encoded, image_size):
     return transform
 
 
+def _fits_in_memory(builder):
+    """Whether to cache an unknown dataset: when it is under 1 GB stored."""
+    try:
+        size = int(builder.info.dataset_size)
+    except (TypeError, ValueError):
+        return False
+    return 0 < size < _CACHE_LIMIT_BYTES
+
+
 def _num_examples(builder, split, dataset):
     cardinality = int(dataset.cardinality())
     if cardinality >= 0:
@@ -330,9 +342,14 @@ def _prepare(builder, name, data_dir, manual_dir, download):
     except AssertionError as error:
         if "manual" not in str(error).lower():
             raise
+        where = (
+            f"manual_dir={str(manual_dir)!r}"
+            if manual_dir
+            else "the default manual_dir (<data_dir>/downloads/manual)"
+        )
         raise FileNotFoundError(
             f"{name!r} must be downloaded by hand and was not found in "
-            f"manual_dir={manual_dir!r}. Put the archives tfds asks for in "
+            f"{where}. Put the archives tfds asks for in "
             "a folder and pass manual_dir='/that/folder' (it becomes "
             "tfds.download.DownloadConfig(manual_dir=...)). tfds says: "
             f"{error} " + _local_options(name)

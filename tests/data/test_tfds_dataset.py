@@ -149,3 +149,32 @@ def test_no_download_and_unknown_names(tmp_path):
     with tfds.testing.mock_data(num_examples=4):
         with pytest.raises(ValueError, match="image_size applies"):
             load_tfds("cifar10", data_dir=tmp_path, image_size=(64, 64))
+
+
+def test_other_tfds_image_datasets(tmp_path):
+    with tfds.testing.mock_data(num_examples=10):
+        train_ds, test_ds, info = load_tfds(
+            "mnist", batch_size=4, seed=0, data_dir=tmp_path
+        )
+        raw_images, _ = _raw("mnist", "train", tmp_path)
+        images, labels = next(iter(train_ds))
+        with pytest.raises(ValueError, match="vary in size"):
+            load_tfds("oxford_flowers102", data_dir=tmp_path)
+        _, _, flowers = load_tfds(
+            "oxford_flowers102",
+            image_size=(20, 24),
+            data_dir=tmp_path,
+            normalize=False,
+            split=("train", "test"),
+        )
+        with pytest.raises(ValueError, match="no `image` and `label`"):
+            load_tfds("glue", data_dir=tmp_path)
+    assert images.shape == (4, 28, 28, 1) and labels.dtype == "int32"
+    assert info.input_shape == (28, 28, 1) and info.num_classes == 10
+    assert info.train_augmentation == "pad_crop_flip"
+    # Normalized with the statistics of the (first) training images.
+    pixels = raw_images.reshape(-1, 1) / 255.0
+    np.testing.assert_allclose(info.mean, pixels.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(info.std, pixels.std(0), rtol=1e-5)
+    assert flowers.input_shape == (20, 24, 3)
+    assert flowers.train_augmentation == "pad_crop_flip"
