@@ -70,6 +70,7 @@ def test_normalization_layer_reproduces_the_pipeline():
     np.testing.assert_allclose(layer(raw), normalized, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_distiller_trains_on_the_pipeline(make_student):
     train_ds, test_ds, info = load("digits", batch_size=64, seed=0)
     student = make_student(
