@@ -9,6 +9,7 @@ from keras_one.data.tfds_dataset import load_tfds
 
 # The bundled digits are not mirror-symmetric: shift them, never flip.
 DIGITS_AUGMENTATION = "pad_crop"
+TFDS_OPTIONS = ("data_dir", "manual_dir", "download")
 
 
 def load(
@@ -84,6 +85,13 @@ def load(
             "keras_one.data.load_arrays(x_train, y_train, x_test, y_test)."
         )
     path = os.fspath(name_or_path)
+    if path.lower() == "digits" or os.path.exists(path):
+        tfds_only = sorted(set(kwargs) & set(TFDS_OPTIONS))
+        if tfds_only:
+            raise ValueError(
+                f"{tfds_only} apply to tensorflow-datasets names only, not "
+                f"to {path!r}: leave them out."
+            )
     if path.lower() == "digits":
         if split is not None:
             raise ValueError(

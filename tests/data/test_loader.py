@@ -58,6 +58,8 @@ def test_unknown_sources_are_explained(tmp_path):
         load(str(tmp_path / "notes.txt"))
     with pytest.raises(TypeError, match="load_arrays"):
         load(np.zeros((2, 8, 8, 1)))
+    with pytest.raises(ValueError, match=r"\['data_dir'\] apply to tensor"):
+        load("digits", data_dir=str(tmp_path))
 
 
 def test_normalization_layer_reproduces_the_pipeline():
