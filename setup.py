@@ -21,6 +21,8 @@ setup(
         "keras>=3.12,<4",
         "numpy>=1.26",
         "tensorflow-datasets>=4.9",
+        # tensorflow-datasets imports it to download but does not declare it.
+        "importlib_resources",
         "keras-tuner>=1.4.7",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
@@ -32,7 +34,8 @@ setup(
         "cpu": ["tensorflow-cpu>=2.18"],
         "gpu": ["tensorflow[and-cuda]>=2.18"],
         "tf": ["tensorflow>=2.18"],
-        "test": ["pytest>=8", "ruff>=0.6"],
+        "test": ["pytest>=8", "ruff>=0.6", "pdoc>=14"],
+        "docs": ["pdoc>=14"],
     },
     entry_points={"console_scripts": ["keras-one=keras_one.cli:main"]},
     classifiers=[

@@ -75,8 +75,10 @@ def load_image_folder(
 
     Example:
 
-    >>> train_ds, test_ds, info = keras_one.data.load_image_folder(
-    ...     "CINIC-10", split=("train", "test"), batch_size=128)
+    ```python
+    train_ds, test_ds, info = keras_one.data.load_image_folder(
+        "CINIC-10", split=("train", "test"), batch_size=128)
+    ```
     """
     _pipeline.check_batch_size(batch_size)
     directory = os.fspath(directory)

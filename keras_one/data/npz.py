@@ -41,8 +41,10 @@ def load_npz(
 
     Example:
 
-    >>> np.savez("data.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
-    >>> train_ds, test_ds, info = keras_one.data.load_npz("data.npz")
+    ```python
+    np.savez("data.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    train_ds, test_ds, info = keras_one.data.load_npz("data.npz")
+    ```
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -125,9 +125,10 @@ def load_tfds(
 
     Example:
 
-    >>> train_ds, test_ds, info = keras_one.data.load_tfds("cifar100")
-    >>> info.num_classes
-    100
+    ```python
+    train_ds, test_ds, info = keras_one.data.load_tfds("cifar100")
+    info.num_classes  # 100
+    ```
     """
     import tensorflow_datasets as tfds
 

@@ -28,15 +28,17 @@ class BestBranchMetric(keras.callbacks.Callback):
 
     Example:
 
-    >>> distiller.fit(
-    ...     train_ds,
-    ...     validation_data=test_ds,
-    ...     callbacks=[
-    ...         BestBranchMetric(),
-    ...         keras.callbacks.EarlyStopping("val_best_branch_accuracy",
-    ...                                       mode="max", patience=20),
-    ...     ],
-    ... )
+    ```python
+    distiller.fit(
+        train_ds,
+        validation_data=test_ds,
+        callbacks=[
+            BestBranchMetric(),
+            keras.callbacks.EarlyStopping("val_best_branch_accuracy",
+                                          mode="max", patience=20),
+        ],
+    )
+    ```
     """
 
     def __init__(self, metric="accuracy", mode="max"):

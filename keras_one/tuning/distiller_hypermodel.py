@@ -80,12 +80,14 @@ class DistillerHyperModel(kt.HyperModel):
 
     Example:
 
-    >>> hypermodel = DistillerHyperModel("one", model="resnet20", epochs=30)
-    >>> tuner = keras_tuner.RandomSearch(
-    ...     hypermodel, objective=hypermodel.objective, max_trials=10,
-    ...     directory="tuning", project_name="one")
-    >>> tuner.search(train_ds, validation_data=val_ds)
-    >>> best = tuner.get_best_models(1)[0]   # a compiled keras_one.Distiller
+    ```python
+    hypermodel = DistillerHyperModel("one", model="resnet20", epochs=30)
+    tuner = keras_tuner.RandomSearch(
+        hypermodel, objective=hypermodel.objective, max_trials=10,
+        directory="tuning", project_name="one")
+    tuner.search(train_ds, validation_data=val_ds)
+    best = tuner.get_best_models(1)[0]   # a compiled keras_one.Distiller
+    ```
     """
 
     def __init__(
