@@ -94,6 +94,13 @@ class EKD(TeacherMethod):
             )
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1]; got {alpha}.")
+        if len({id(teacher) for teacher in teachers}) != len(teachers):
+            raise ValueError(
+                "EKD got the same teacher model more than once; each branch "
+                "learns from its own teacher. For one teacher use "
+                "keras_one.methods.KD, or pass distinct (e.g. separately "
+                "trained) teachers."
+            )
         super().__init__(teachers=teachers, temperature=temperature, **kwargs)
         if isinstance(feature_layers, str):
             feature_layers = [feature_layers] * len(self.teachers)

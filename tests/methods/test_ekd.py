@@ -171,6 +171,9 @@ def test_errors():
         )
     with pytest.raises(TypeError, match="list of teachers"):
         EKD(resnet(name="a"))
+    same = resnet(name="a")
+    with pytest.raises(ValueError, match="same teacher model more than once"):
+        EKD([same, same])
     with pytest.raises(ValueError, match="one layer name per teacher"):
         EKD([resnet(name="a"), small_cnn()], feature_layers=["x", "y", "z"])
     with pytest.raises(ValueError, match="No layer named 'stage3_blok1_out'"):
