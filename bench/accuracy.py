@@ -1,0 +1,436 @@
+"""Accuracy benchmark: the single-branch baseline against ONE and its peers.
+
+Trains the baseline network and each method's student with one recipe
+(`keras_one.experiment`: SGD 0.1 with Nesterov momentum, cosine decay,
+coupled L2 weight decay, batch 128, pad-crop-flip augmentation) for several
+seeds, and reports the mean and spread of the test accuracy of every branch,
+of the best branch and of the ensemble, and the training time. Results are
+written to a JSON file after every run (partial results survive an
+interruption; a rerun with the same `--output` skips the runs already done)
+and drawn in a PNG chart.
+
+The data is an `.npz` file, an image folder or a tensorflow-datasets name
+(anything `keras_one.data.load` takes). With `--train-examples N` only the
+first `N / num_classes` training images of each class are used (for `.npz`
+files), and the unused training images form a second, larger held-out set
+that is also evaluated.
+
+Reduced protocol for a 2-core CPU (about 15 minutes per run):
+
+    python bench/accuracy.py --data cifar10_dev.npz --model resnet20 \
+        --train-examples 2500 --epochs 80 --seeds 0 1 2 \
+        --methods baseline one --output results/accuracy.json
+
+The paper's protocol on a GPU (ResNet-32, full CIFAR-10, 300 epochs, ONE's
+schedule reads `--rampup-fraction 0.27`, i.e. 80 of 300 epochs):
+
+    python bench/accuracy.py --data cifar10 --model resnet32 --epochs 300 \
+        --weight-decay 1e-4 --seeds 0 1 2 --methods baseline one
+
+The paper's step schedule (x0.1 at epochs 150 and 225) is replaced by the
+cosine decay of `keras_one.experiment`.
+"""
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+BASELINE = "baseline"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="an .npz file (x_train, y_train, x_test, y_test), a folder of "
+        "class-per-folder images, or a tensorflow-datasets name",
+    )
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=[BASELINE, "one"],
+        help=f"'{BASELINE}' and/or method names of keras_one.methods "
+        "(default: baseline one)",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument(
+        "--train-examples",
+        type=int,
+        default=None,
+        help="use only this many training images, the same number per "
+        "class (.npz data only); the rest are a held-out evaluation set",
+    )
+    parser.add_argument("--branches", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument(
+        "--rampup-fraction",
+        type=float,
+        default=0.27,
+        help="ramp-up of the distillation weight as a fraction of the "
+        "epochs (ONE: 80 of 300)",
+    )
+    parser.add_argument("--output", default="accuracy.json")
+    parser.add_argument(
+        "--chart", default=None, help="PNG path (default: next to --output)"
+    )
+    parser.add_argument("--verbose", type=int, default=2)
+    return parser
+
+
+# === Data ===
+
+
+def _stratified_subset(y, examples):
+    """Indices of the first `examples / C` images of each of the C classes."""
+    classes = np.unique(y)
+    per_class, remainder = divmod(examples, len(classes))
+    if remainder or per_class < 1:
+        raise SystemExit(
+            f"--train-examples {examples} must be a positive multiple of the "
+            f"number of classes ({len(classes)})."
+        )
+    chosen = []
+    for label in classes:
+        where = np.flatnonzero(y == label)
+        if len(where) < per_class:
+            raise SystemExit(
+                f"--train-examples {examples} needs {per_class} images of "
+                f"class {label}; the data has {len(where)}."
+            )
+        chosen.append(where[:per_class])
+    return np.sort(np.concatenate(chosen))
+
+
+def load_data(args, seed):
+    """`(train_ds, test_ds, heldout_ds or None, info dict)`."""
+    from keras_one import data
+
+    if args.train_examples is None:
+        train_ds, test_ds, info = data.load(
+            args.data, batch_size=args.batch_size, seed=seed
+        )
+        return train_ds, test_ds, None, _info_dict(info)
+    if not str(args.data).lower().endswith(".npz"):
+        raise SystemExit(
+            "--train-examples works with .npz data only; for other data, "
+            "leave it out."
+        )
+    with np.load(args.data) as arrays:
+        x_train, y_train = arrays["x_train"], arrays["y_train"].reshape(-1)
+        x_test, y_test = arrays["x_test"], arrays["y_test"].reshape(-1)
+    subset = _stratified_subset(y_train, args.train_examples)
+    rest = np.setdiff1d(np.arange(len(y_train)), subset)
+    x_sub, y_sub = x_train[subset], y_train[subset]
+    # Normalize every split with the statistics of the images trained on.
+    pixels = x_sub.reshape(-1, x_sub.shape[-1]).astype("float64") / 255.0
+    stats = dict(mean=pixels.mean(axis=0), std=pixels.std(axis=0))
+    train_ds, test_ds, info = data.load_arrays(
+        x_sub,
+        y_sub,
+        x_test,
+        y_test,
+        batch_size=args.batch_size,
+        seed=seed,
+        **stats,
+    )
+    heldout_ds = None
+    if len(rest):
+        _, heldout_ds, _ = data.load_arrays(
+            x_sub[:1], y_sub[:1], x_train[rest], y_train[rest],
+            batch_size=args.batch_size, **stats,
+        )  # fmt: skip
+    return train_ds, test_ds, heldout_ds, _info_dict(info)
+
+
+def _info_dict(info):
+    return {
+        "num_classes": info.num_classes,
+        "input_shape": tuple(info.input_shape),
+        "num_train_examples": info.num_train_examples,
+        "num_test_examples": info.num_test_examples,
+    }
+
+
+# === Training ===
+
+
+def _make_method(name, args):
+    from keras_one import methods
+
+    method_class = methods.get(name)
+    parameters = inspect.signature(method_class.__init__).parameters
+    if "teacher" in parameters or "teachers" in parameters:
+        return None
+    kwargs = {}
+    if "rampup_epochs" in parameters:
+        kwargs["rampup_epochs"] = round(args.rampup_fraction * args.epochs)
+    return method_class(**kwargs)
+
+
+def _accuracy(model, dataset, key):
+    scores = model.evaluate(dataset, verbose=0, return_dict=True)
+    return float(scores[key])
+
+
+def run_one(name, seed, args):
+    """Trains one configuration; returns its result record."""
+    import keras
+
+    from keras_one import experiment
+
+    train_ds, test_ds, heldout_ds, info = load_data(args, seed)
+    recipe = dict(
+        model=args.model,
+        train_ds=train_ds,
+        test_ds=test_ds,
+        info=info,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        verbose=args.verbose,
+    )
+    keras.utils.set_random_seed(seed)
+    record = {"method": name, "seed": seed}
+    if name == BASELINE:
+        network, scores = experiment.train_baseline(**recipe)
+        record["branch_accuracy"] = [scores["accuracy"]]
+        record["ensemble_accuracy"] = None
+        if heldout_ds is not None:
+            record["heldout_branch_accuracy"] = [
+                _accuracy(network, heldout_ds, "accuracy")
+            ]
+    else:
+        method = _make_method(name, args)
+        distiller, scores = experiment.train_distiller(
+            method, num_branches=args.branches, **recipe
+        )
+        record["branch_accuracy"] = scores["branch_accuracy"]
+        record["ensemble_accuracy"] = scores["ensemble_accuracy"]
+        if heldout_ds is not None:
+            evaluated = distiller.evaluate(
+                heldout_ds, verbose=0, return_dict=True
+            )
+            record["heldout_branch_accuracy"] = [
+                float(evaluated[f"branch_{i}_accuracy"])
+                for i in range(distiller.num_branches)
+            ]
+            record["heldout_ensemble_accuracy"] = float(
+                evaluated["ensemble_accuracy"]
+            )
+    record["train_seconds"] = scores["train_seconds"]
+    record["history"] = {
+        key: [float(v) for v in values]
+        for key, values in scores["history"].items()
+    }
+    return record
+
+
+# === Summary ===
+
+
+def _stats(values):
+    values = np.asarray(values, "float64") * 100
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "n": int(len(values)),
+    }
+
+
+def summarize(runs):
+    """Mean, sample standard deviation and range per method, in percent."""
+    summary = {}
+    for name in dict.fromkeys(run["method"] for run in runs):
+        group = [run for run in runs if run["method"] == name]
+        entry = {"seeds": [run["seed"] for run in group]}
+        for prefix in ("", "heldout_"):
+            key = f"{prefix}branch_accuracy"
+            if not all(key in run for run in group):
+                continue
+            branches = np.asarray([run[key] for run in group])
+            entry[f"{prefix}branches"] = [
+                _stats(branches[:, i]) for i in range(branches.shape[1])
+            ]
+            entry[f"{prefix}mean_branch"] = _stats(branches.mean(axis=1))
+            entry[f"{prefix}best_branch"] = _stats(branches.max(axis=1))
+            ensemble = [run.get(f"{prefix}ensemble_accuracy") for run in group]
+            if all(value is not None for value in ensemble):
+                entry[f"{prefix}ensemble"] = _stats(ensemble)
+        seconds = [run["train_seconds"] for run in group]
+        entry["train_seconds"] = {
+            "mean": float(np.mean(seconds)),
+            "std": float(np.std(seconds, ddof=1)) if len(seconds) > 1 else 0,
+        }
+        summary[name] = entry
+    return summary
+
+
+def format_summary(summary, prefix=""):
+    rows = []
+    for name, entry in summary.items():
+        if f"{prefix}mean_branch" not in entry:
+            continue
+        cells = [name, str(len(entry["seeds"]))]
+        for key in ("mean_branch", "best_branch", "ensemble"):
+            stats = entry.get(prefix + key)
+            cells.append(
+                f"{stats['mean']:.2f} +- {stats['std']:.2f}" if stats else "-"
+            )
+        cells.append(f"{entry['train_seconds']['mean']:.0f}")
+        rows.append(cells)
+    from keras_one import report
+
+    headers = ("method", "seeds", "mean branch", "best branch", "ensemble")
+    return report.format_table(rows, headers + ("train s",))
+
+
+def plot(summary, path, title):
+    """Bar chart: mean branch, best branch and ensemble, +- one std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    keys = ("mean_branch", "best_branch", "ensemble")
+    labels = ("mean of branches", "best branch", "ensemble")
+    names = list(summary)
+    figure, axis = plt.subplots(figsize=(1.8 + 1.6 * len(names), 4))
+    width = 0.8 / len(keys)
+    for k, (key, label) in enumerate(zip(keys, labels, strict=True)):
+        xs, means, stds = [], [], []
+        for i, name in enumerate(names):
+            stats = summary[name].get(key)
+            if stats is None or (key != "mean_branch" and name == BASELINE):
+                continue
+            xs.append(i if name == BASELINE else i + (k - 1) * width)
+            means.append(stats["mean"])
+            stds.append(stats["std"])
+        axis.bar(xs, means, width, yerr=stds, capsize=3, label=label)
+    low = min(
+        summary[n][k]["min"] for n in names for k in keys if k in summary[n]
+    )
+    high = max(
+        summary[n][k]["max"] for n in names for k in keys if k in summary[n]
+    )
+    axis.set_ylim(max(0.0, low - 3), min(100.0, high + 2))
+    axis.set_xticks(range(len(names)))
+    axis.set_xticklabels(
+        [f"{n}\n({len(summary[n]['seeds'])} seeds)" for n in names]
+    )
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title(title, fontsize=9)
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# === Main ===
+
+
+def _write(path, results):
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as file:
+        json.dump(results, file, indent=1)
+    os.replace(temporary, path)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from keras_one import methods
+
+    for name in args.methods:
+        if name != BASELINE:
+            methods.get(name)  # fails early on unknown names
+    chart = args.chart or os.path.splitext(args.output)[0] + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    protocol = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("output", "chart", "verbose", "methods", "seeds")
+    }
+    results = {"protocol": protocol, "machine": _machine(), "runs": []}
+    if os.path.exists(args.output):
+        with open(args.output) as file:
+            previous = json.load(file)
+        if previous.get("protocol") != protocol:
+            raise SystemExit(
+                f"{args.output} holds results of another protocol; choose "
+                "another --output or delete it."
+            )
+        results["runs"] = previous["runs"]
+    done = {(run["method"], run["seed"]) for run in results["runs"]}
+    title = (
+        f"{args.model}, {args.data and os.path.basename(args.data)}, "
+        f"{args.train_examples or 'all'} train images, {args.epochs} epochs"
+    )
+    # Seed-major order: an interrupted benchmark leaves complete seeds.
+    for seed in args.seeds:
+        for name in args.methods:
+            if (name, seed) in done:
+                continue
+            if name != BASELINE and _make_method(name, args) is None:
+                print(f"skipping {name}: it needs pre-trained teachers")
+                continue
+            print(f"=== {name}, seed {seed} ===", flush=True)
+            start = time.perf_counter()
+            record = run_one(name, seed, args)
+            record["wall_seconds"] = time.perf_counter() - start
+            results["runs"].append(record)
+            results["summary"] = summarize(results["runs"])
+            _write(args.output, results)
+            plot(results["summary"], chart, title)
+            print(
+                f"{name} seed {seed}: branches "
+                f"{[round(100 * a, 2) for a in record['branch_accuracy']]}, "
+                f"ensemble {record['ensemble_accuracy']}, "
+                f"{record['train_seconds']:.0f} s",
+                flush=True,
+            )
+    summary = summarize(results["runs"]) if results["runs"] else {}
+    print(f"\nTest accuracy (%), mean +- std over seeds ({title})")
+    print(format_summary(summary))
+    if any("heldout_mean_branch" in entry for entry in summary.values()):
+        print("\nHeld-out (unused training images) accuracy (%)")
+        print(format_summary(summary, prefix="heldout_"))
+    print(f"\nresults: {args.output}\nchart:   {chart}")
+    return results
+
+
+def _machine():
+    import platform
+
+    import keras
+    import tensorflow as tf
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

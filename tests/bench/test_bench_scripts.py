@@ -1,0 +1,124 @@
+"""The benchmark scripts in a tiny mode (seconds), so that they keep working."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", BENCH / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    y_train = np.arange(48) % 4
+    x_train = rng.integers(0, 256, (48, 8, 8, 3), dtype="uint8")
+    # Learnable: class k is brighter in band k.
+    for i, label in enumerate(y_train):
+        x_train[i, 2 * label : 2 * label + 2] = 255
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_train[:16],
+        y_test=y_train[:16],
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_tiny(tiny_npz, tmp_path, capsys):
+    accuracy = load_script("accuracy")
+    output = tmp_path / "results" / "accuracy.json"
+    argv = [
+        "--data", str(tiny_npz), "--model", "resnet8", "--epochs", "1",
+        "--seeds", "0", "1", "--methods", "baseline", "one",
+        "--train-examples", "32", "--batch-size", "16", "--verbose", "0",
+        "--output", str(output),
+    ]  # fmt: skip
+    results = accuracy.main(argv)
+    saved = json.loads(output.read_text())
+    assert output.with_suffix(".png").stat().st_size > 0
+    runs = saved["runs"]
+    assert [(r["method"], r["seed"]) for r in runs] == [
+        ("baseline", 0), ("one", 0), ("baseline", 1), ("one", 1),
+    ]  # fmt: skip
+    one = [r for r in runs if r["method"] == "one"]
+    assert all(len(r["branch_accuracy"]) == 3 for r in one)
+    # 32 of the 48 training images are trained on, 16 held out.
+    assert all(len(r["heldout_branch_accuracy"]) == 3 for r in one)
+    # The summary is the mean and sample std (in %) over seeds.
+    branches = np.array([r["branch_accuracy"] for r in one]) * 100
+    summary = saved["summary"]["one"]
+    np.testing.assert_allclose(
+        summary["best_branch"]["mean"], branches.max(axis=1).mean()
+    )
+    np.testing.assert_allclose(
+        summary["mean_branch"]["std"], branches.mean(axis=1).std(ddof=1)
+    )
+    ensemble = np.array([r["ensemble_accuracy"] for r in one]) * 100
+    np.testing.assert_allclose(summary["ensemble"]["mean"], ensemble.mean())
+    assert "ensemble" not in saved["summary"]["baseline"]
+    assert results["summary"]["one"] == summary
+    # A rerun skips the runs already in the file.
+    again = accuracy.main(argv)
+    assert len(again["runs"]) == 4
+    assert "=== " not in capsys.readouterr().out.split("chart:")[-1]
+    # Another protocol in the same file is refused.
+    with pytest.raises(SystemExit, match="another protocol"):
+        accuracy.main(argv[:-2] + ["--epochs", "2", "--output", str(output)])
+
+
+def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
+    accuracy = load_script("accuracy")
+    with pytest.raises(SystemExit, match="multiple of the number of classes"):
+        accuracy.main(
+            ["--data", str(tiny_npz), "--train-examples", "30",
+             "--output", str(tmp_path / "a.json")]
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_tiny(tmp_path, capsys):
+    throughput = load_script("throughput")
+    output = tmp_path / "throughput.json"
+    variants = ["baseline", "one", "dml", "handwritten", "torch"]
+    results = throughput.main(
+        ["--model", "resnet8", "--batch-size", "4", "--image-size", "8",
+         "--rounds", "2", "--window-steps", "1", "--warmup-steps", "1",
+         "--variants", *variants, "--output", str(output)]
+    )  # fmt: skip
+    saved = json.loads(output.read_text())
+    speeds = saved["images_per_second"]
+    try:
+        import torch  # noqa: F401
+
+        assert "torch" in speeds
+    except ImportError:
+        assert "skipping torch" in capsys.readouterr().out
+        variants.remove("torch")
+    assert sorted(speeds) == sorted(variants)
+    for stats in speeds.values():
+        assert len(stats["per_round"]) == 2
+        assert stats["min"] <= stats["median"] <= stats["max"]
+        assert stats["min"] > 0
+    # Each ratio is the median over rounds of (time of A / time of B).
+    ratio = saved["time_ratios"]["ONE-3 : three networks (N copies)"]
+    expected = np.median(
+        np.array(speeds["dml"]["per_round"])
+        / np.array(speeds["one"]["per_round"])
+    )
+    np.testing.assert_allclose(ratio["time_ratio"], expected)
+    assert results["time_ratios"].keys() == saved["time_ratios"].keys()
