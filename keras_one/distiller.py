@@ -89,10 +89,16 @@ class _NonFiniteLossGuard(keras.callbacks.Callback):
         ]
         if not bad:
             return
+        which = ", ".join(bad)
+        if bad == ["loss"]:
+            which += (
+                "; the method's terms are finite, so the regularization "
+                "losses are not: the weights already hold NaN or inf"
+            )
         self.model.stop_training = True
         raise FloatingPointError(
             f"The training loss became {float(logs.get('loss', 'nan'))} at "
-            f"{where} (non-finite: {', '.join(bad)}); training cannot "
+            f"{where} (non-finite: {which}); training cannot "
             "recover from a NaN or infinite loss. Usual causes and fixes: a "
             "learning rate too high for the start of training (lower it, add "
             "a warm-up, or clip gradients, e.g. SGD(..., clipnorm=1.0)); "
@@ -440,7 +446,17 @@ class Distiller(keras.Model):
             self._output_metrics, predictions, strict=True
         ):
             group.update_state(labels, logits, sample_weight=sample_weight)
-        return self.get_metrics_result()
+        results = self.get_metrics_result()
+        if _is_multi_worker(self.distribute_strategy):
+            # Keras reduces the step's logs across workers with
+            # `strategy.reduce("MEAN", value, axis=0)`, which needs a batch
+            # axis: scalar logs fail (keras-team/keras#20585). A (1,) value
+            # per replica reduces to the scalar mean over the replicas.
+            results = {
+                name: ops.reshape(value, (1,))
+                for name, value in results.items()
+            }
+        return results
 
     # === Training loop ===
 
@@ -595,6 +611,14 @@ class Distiller(keras.Model):
             config["method"]
         )
         return cls(**config)
+
+
+def _is_multi_worker(strategy):
+    """Whether `strategy` is a MultiWorkerMirroredStrategy over 2+ workers."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", [])) > 1
 
 
 def _first_local_value(strategy, value):
