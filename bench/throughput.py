@@ -14,6 +14,8 @@ Variants (`--variants`, default: all that apply):
 - `baseline`: the single-branch network, `compile` + `fit`'s step.
 - `one`: ONE, `N` branches (N separate copies), trained by the `Distiller`.
 - `one_fused`: the same with `cifar_resnet(..., fused=True)`.
+- `one_keras_bn`: `one` with Keras' own `BatchNormalization` instead of
+  `keras_one.layers.FusedBatchNormalization` (the networks' default).
 - `dml`: `N` separate networks trained together (DML, `branch_stage=0`).
 - `dml_fused`: the same, fused.
 - `handwritten`: a minimal hand-written Keras `train_step` with ONE's
@@ -44,6 +46,7 @@ ALL_VARIANTS = (
     "baseline",
     "one",
     "one_fused",
+    "one_keras_bn",
     "dml",
     "dml_fused",
     "handwritten",
@@ -62,6 +65,7 @@ RATIOS = (
     ("one", "handwritten", "Distiller : hand-written (N copies)"),
     ("one_fused", "handwritten_fused", "Distiller : hand-written (fused)"),
     ("one_fused", "one", "fused : N copies"),
+    ("one", "one_keras_bn", "fused BN : Keras BN (ONE)"),
     ("one_xla", "one", "XLA : no XLA (ONE)"),
     ("one_fused_xla", "one_fused", "XLA : no XLA (ONE fused)"),
     ("baseline_xla", "baseline", "XLA : no XLA (baseline)"),
@@ -174,6 +178,21 @@ def _handwritten_model(student, temperature=3.0):
     return HandWrittenONE(student)
 
 
+def _with_keras_batch_norm(model):
+    """A copy of `model` with Keras' own BatchNormalization layers."""
+    import keras
+
+    from keras_one.layers import FusedBatchNormalization
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, FusedBatchNormalization):
+            return keras.layers.BatchNormalization.from_config(config)
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+
+
 def build_variant(name, args, images, labels):
     """Returns a zero-argument callable running one training step."""
     if name == "torch":
@@ -193,7 +212,7 @@ def build_variant(name, args, images, labels):
     from keras_one import Distiller
     from keras_one import methods
 
-    base, _, suffix = name.partition("_")
+    base = name.partition("_")[0]
     fused = "fused" in name
     jit_compile = name.endswith("_xla")
     policy = "mixed_bfloat16" if name.endswith("_bf16") else "float32"
@@ -212,6 +231,8 @@ def build_variant(name, args, images, labels):
             )
         elif base == "one":
             student = _network(args, num_branches=args.branches, fused=fused)
+            if name == "one_keras_bn":
+                student = _with_keras_batch_norm(student)
             model = Distiller(student, methods.ONE())
             model.compile(optimizer=_sgd(), jit_compile=jit_compile)
         elif base == "dml":

@@ -45,8 +45,13 @@ def plain_keras_model(model, select, name):
             f"{type(model).__name__} is a subclassed model. Build the student "
             "with the functional API (keras.Model(inputs, outputs))."
         )
+    # Recursive: nested functional models (the branches that
+    # make_multi_branch copies) are rebuilt too, expanding their layers.
     rebuilt = keras.models.clone_model(
-        model, clone_function=lambda layer: layer, call_function=_expanded_call
+        model,
+        clone_function=lambda layer: layer,
+        call_function=_expanded_call,
+        recursive=True,
     )
     inputs, outputs = symbolic_io(rebuilt)
     plain = keras.Model(inputs, select(outputs), name=name)

@@ -2,6 +2,7 @@
 
 from keras_one.layers.branch_split import BranchSplit
 from keras_one.layers.feature_fusion import FeatureFusion
+from keras_one.layers.fused_batch_normalization import FusedBatchNormalization
 from keras_one.layers.fused_branches import FusedBranches
 from keras_one.layers.fusion_classifier import FusionClassifier
 from keras_one.layers.gated_ensemble import GatedEnsemble

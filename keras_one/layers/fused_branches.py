@@ -2,6 +2,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_one.layers.fused_batch_normalization import FusedBatchNormalization
+
 BLOCKS = ("basic", "bottleneck")
 
 
@@ -301,7 +303,7 @@ class FusedBranches(keras.layers.Layer):
             return layer, list(layer.compute_output_shape(tuple(shape)))
 
         def norm(name, channels):
-            layer = keras.layers.BatchNormalization(
+            layer = FusedBatchNormalization(
                 momentum=self.bn_momentum,
                 epsilon=self.bn_epsilon,
                 gamma_regularizer=self.regularizer,

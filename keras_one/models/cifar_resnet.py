@@ -1,6 +1,7 @@
 import keras
 from keras import layers
 
+from keras_one.layers.fused_batch_normalization import FusedBatchNormalization
 from keras_one.layers.fused_branches import FusedBranches
 from keras_one.models import heads
 from keras_one.models.multi_branch import make_multi_branch
@@ -26,7 +27,8 @@ def _conv(filters, kernel_size, strides, weight_decay, name):
 
 def _batch_norm(weight_decay, name):
     # torch BatchNorm2d defaults: momentum 0.1 (Keras 0.9), epsilon 1e-5.
-    return layers.BatchNormalization(
+    # Keras' BatchNormalization, computed by TensorFlow's fused kernel.
+    return FusedBatchNormalization(
         momentum=0.9,
         epsilon=1e-5,
         gamma_regularizer=_l2(weight_decay),
