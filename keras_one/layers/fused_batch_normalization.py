@@ -20,8 +20,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     the moving statistics in inference. Statistics are computed in float32
     also under mixed precision, as Keras does.
 
-    Where the fused kernel does not apply (another backend, inputs that are
-    not 4D with channels last, a mask, `renorm`, `synchronized`, or no
+    Where the fused kernel does not apply (another backend, float64, inputs
+    that are not 4D with channels last, a mask, `renorm`, `synchronized`, or no
     `center`/`scale`), the layer runs Keras' own computation. `expand()`
     gives a plain `keras.layers.BatchNormalization` with the same weights,
     so that exported models need nothing from keras_one.
@@ -40,8 +40,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     def _fusable(self, inputs, mask):
         axis = self.axis if self.axis >= 0 else len(inputs.shape) + self.axis
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
         return (
             keras.backend.backend() == "tensorflow"
+            and dtype in ("float32", "bfloat16", "float16")
+            and self.moving_mean.dtype == "float32"
             and len(inputs.shape) == 4
             and axis == 3
             and mask is None

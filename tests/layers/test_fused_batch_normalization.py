@@ -91,6 +91,13 @@ def test_falls_back_to_keras_where_the_kernel_does_not_apply():
         np.testing.assert_allclose(
             fused(x, training=True), plain(x, training=True), atol=1e-5
         )
+    x64 = inputs().astype("float64")
+    plain = keras.layers.BatchNormalization(dtype="float64")
+    fused = FusedBatchNormalization(dtype="float64")
+    np.testing.assert_allclose(
+        fused(x64, training=True), plain(x64, training=True), atol=1e-10
+    )
+    np.testing.assert_allclose(fused.get_weights()[3], plain.get_weights()[3])
     x = inputs()
     plain = keras.layers.BatchNormalization(center=False)
     fused = FusedBatchNormalization(center=False)
