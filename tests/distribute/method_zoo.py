@@ -1,0 +1,128 @@
+"""A tiny student and method for every registered method, for the tests.
+
+Shared by the tests of `tests/distribute/` and the training scripts they
+launch in subprocesses. A method registered in `keras_one.methods` but not
+listed here fails the tests loudly: add it to `METHOD_ARGUMENTS`.
+"""
+
+import keras
+import numpy as np
+
+from keras_one import methods
+from keras_one import models
+
+NUM_CLASSES = 4
+INPUT_SHAPE = (8, 8, 1)
+
+
+def tiny_teacher(name="teacher"):
+    """An untrained ResNet-8 teacher: enough to exercise the teacher path."""
+    return models.cifar_resnet(
+        depth=8,
+        num_classes=NUM_CLASSES,
+        num_branches=1,
+        input_shape=INPUT_SHAPE,
+        name=name,
+    )
+
+
+# Constructor arguments of each registered method (teachers are built
+# fresh for each call). Methods with a ramp-up get a short one, so that the
+# epoch counter matters within a few epochs.
+METHOD_ARGUMENTS = {
+    "one": lambda: {"rampup_epochs": 2},
+    "cl_ilr": lambda: {},
+    "dml": lambda: {},
+    "okddip": lambda: {"rampup_epochs": 2},
+    "ffl": lambda: {"rampup_epochs": 2},
+    "mde": lambda: {"rampup_epochs": 2},
+    "kd": lambda: {"teacher": tiny_teacher()},
+    "ekd": lambda: {
+        "teachers": [tiny_teacher("teacher_0"), tiny_teacher("teacher_1")]
+    },
+    "sokd": lambda: {"teacher": tiny_teacher()},
+    "oec": lambda: {},
+}
+
+
+def make_method(name):
+    """The method `name` with test-sized arguments."""
+    if name not in METHOD_ARGUMENTS:
+        raise KeyError(
+            f"Method {name!r} is registered in keras_one.methods but "
+            "tests/distribute/method_zoo.py does not know how to build it: "
+            "add its constructor arguments to METHOD_ARGUMENTS."
+        )
+    return methods.get(name)(**METHOD_ARGUMENTS[name]())
+
+
+def make_distiller(name, seed=0, **distiller_kwargs):
+    """A Distiller training a tiny student (ResNet-8, 8x8x1, 4 classes).
+
+    The student is the method's own `build_student` network, so each
+    method gets the head and layout it needs.
+    """
+    from keras_one import Distiller
+
+    keras.utils.set_random_seed(seed)
+    method = make_method(name)
+    # As few branches as the method accepts: the tests check mechanics,
+    # and smaller graphs trace faster.
+    student = method.build_student(
+        "resnet8",
+        num_classes=NUM_CLASSES,
+        input_shape=INPUT_SHAPE,
+        num_branches=max(method.min_branches, 2),
+    )
+    return Distiller(student, method, **distiller_kwargs)
+
+
+def make_images(num_examples=96, seed=0):
+    """Learnable images: the class is the brightest horizontal band."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, NUM_CLASSES, num_examples).astype("int32")
+    x = rng.normal(0.0, 0.3, (num_examples,) + INPUT_SHAPE).astype("float32")
+    band = INPUT_SHAPE[0] // NUM_CLASSES
+    for i, label in enumerate(y):
+        x[i, label * band : (label + 1) * band] += 1.0
+    return x, y
+
+
+def term_dtypes(distiller, x, y):
+    """The dtypes of the method's loss terms and of the student's logits.
+
+    Returns `({term name: dtype}, logits dtype)`, from the method's own
+    `compute_losses` on a batch (before the Distiller's cast to float32).
+    """
+    from keras import ops
+
+    outputs = distiller(x, training=False)
+    outputs.update(distiller.method(x, outputs, training=False))
+    terms = distiller.method.compute_losses(
+        ops.convert_to_tensor(y), outputs, distiller.current_epoch
+    )
+    dtypes = {name: str(value.dtype.name) for name, value in terms.items()}
+    return dtypes, str(outputs["branch_logits"][0].dtype.name)
+
+
+class BatchLosses(keras.callbacks.Callback):
+    """Records the logged running loss after each training batch."""
+
+    def on_train_begin(self, logs=None):
+        self.losses = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.append(float(logs["loss"]))
+
+
+def weights_of(model):
+    """`{"<index>:<path>": value}` of every variable of `model`.
+
+    Weights and states, numbered in `model.weights` order: variable paths
+    alone repeat (a teacher's layers and the student's, branches cloned
+    with the same layer names).
+    """
+    return {
+        f"{index:04d}:{variable.path}": np.array(variable.numpy())
+        for index, variable in enumerate(model.weights)
+    }

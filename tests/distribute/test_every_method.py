@@ -1,0 +1,278 @@
+"""Every registered method under tf.distribute, XLA, mixed precision and
+op determinism.
+
+Each mode is a `train_methods.py` run in a fresh process (logical devices,
+op determinism and dtype policies are process-wide). The runs start when
+the first test of this module needs one, two at a time, and every test
+reads the weights and logs they wrote.
+
+Why float64 for the MirroredStrategy and XLA comparisons: a replica sums
+its half of the batch, one device the whole batch (XLA fuses and reorders
+the arithmetic), so float32 results differ by round-off (1e-7); a
+pre-activation that round-off moves across zero switches a ReLU's gradient
+on or off, and after a few steps single variables can differ by 1e-4 while
+the algorithm is the same. In float64 that round-off is far below the 1e-5
+tolerance, so the comparisons check the algorithm (global-batch loss,
+synchronized BatchNormalization, XLA's lowering of every op), not the luck
+of round-off. The loss terms themselves stay float32, as always.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from keras_one import methods
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+METHODS = methods.names()
+DETERMINISM_METHODS = ["one", "okddip", "sokd"]
+TIMEOUT = 900
+
+# Two lanes run these in order: mirrored, reference_again, mixed_bfloat16
+# and xla, reference, mixed_float16 (balanced by their running times).
+SWEEPS = {
+    "mirrored": [
+        "--policy",
+        "float64",
+        "--runs",
+        "single,mirrored,mirrored_per_replica_bn@one,"
+        "single_uneven@one,mirrored_uneven@one",
+    ],
+    "xla": ["--policy", "float64", "--jit"],
+    "reference_again": [
+        "--determinism",
+        "--runs",
+        "single@" + "+".join(DETERMINISM_METHODS) + ",single_seed_1@one",
+    ],
+    "reference": ["--determinism"],
+    "mixed_bfloat16": ["--policy", "mixed_bfloat16"],
+    "mixed_float16": ["--policy", "mixed_float16"],
+}
+
+
+class Sweeps:
+    """Runs the sweeps in subprocesses, two at a time, on first use."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.results = {}
+        self.done = {name: threading.Event() for name in SWEEPS}
+        self.started = False
+
+    def _run(self, name):
+        output = os.path.join(self.directory, name)
+        command = [
+            sys.executable,
+            os.path.join(HERE, "train_methods.py"),
+            "--output",
+            output,
+            "--methods",
+            ",".join(METHODS),
+            *SWEEPS[name],
+        ]
+        try:
+            process = subprocess.run(
+                command,
+                cwd=HERE,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+            )
+            if process.returncode:
+                raise RuntimeError(
+                    f"{name} failed:\n{process.stdout}\n{process.stderr}"
+                )
+            with open(output + ".json") as file:
+                report = json.load(file)
+            arrays = dict(np.load(output + ".npz"))
+            self.results[name] = (report, arrays)
+        except Exception as error:  # reported by the test that needs it
+            self.results[name] = error
+
+    def _worker(self, names):
+        for name in names:
+            self._run(name)
+            self.done[name].set()
+
+    def get(self, name):
+        if not self.started:
+            self.started = True
+            names = list(SWEEPS)
+            for lane in (names[0::2], names[1::2]):
+                threading.Thread(
+                    target=self._worker, args=(lane,), daemon=True
+                ).start()
+        assert self.done[name].wait(TIMEOUT * 3), f"{name} timed out"
+        result = self.results[name]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    return Sweeps(str(tmp_path_factory.mktemp("sweeps")))
+
+
+def run_of(sweeps, sweep, run, method):
+    """The report and `{variable path: value}` of one run of one method."""
+    report, arrays = sweeps.get(sweep)
+    entry = report[f"{run}/{method}"]
+    if "error" in entry:
+        pytest.fail(f"{sweep}: {run}/{method} failed:\n{entry['error']}")
+    prefix = f"{run}/{method}/"
+    weights = {
+        key[len(prefix) :]: value
+        for key, value in arrays.items()
+        if key.startswith(prefix)
+    }
+    return entry, weights
+
+
+def assert_same_weights(expected, actual, rtol, atol):
+    assert sorted(expected) == sorted(actual)
+    for path in expected:
+        np.testing.assert_allclose(
+            actual[path], expected[path], rtol=rtol, atol=atol, err_msg=path
+        )
+
+
+def global_relative_difference(expected, actual):
+    num = sum(np.sum((expected[k] - actual[k]) ** 2) for k in expected)
+    den = sum(np.sum(expected[k] ** 2) for k in expected)
+    return float(np.sqrt(num / den))
+
+
+def assert_same_logs(expected, actual, rtol):
+    assert sorted(expected) == sorted(actual)
+    for name in expected:
+        np.testing.assert_allclose(
+            actual[name], expected[name], rtol=rtol, atol=1e-7, err_msg=name
+        )
+
+
+# === MirroredStrategy ===
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_mirrored_strategy_matches_one_device(sweeps, method):
+    """2 replicas train as one device does: weights, losses, metrics."""
+    single, single_weights = run_of(sweeps, "mirrored", "single", method)
+    mirrored, mirrored_weights = run_of(sweeps, "mirrored", "mirrored", method)
+    assert mirrored["logits_dtype"] == single["logits_dtype"] == "float64"
+    assert mirrored["steps"] == single["steps"] == 6
+    assert global_relative_difference(single_weights, mirrored_weights) < 1e-5
+    assert_same_weights(single_weights, mirrored_weights, 1e-5, 1e-6)
+    assert_same_logs(single["history"], mirrored["history"], 1e-5)
+    assert not mirrored["synchronized_after_fit"]
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_with_an_uneven_last_batch(sweeps):
+    """A last batch of 31 splits 16 / 15: still the global-batch update."""
+    single, single_weights = run_of(sweeps, "mirrored", "single_uneven", "one")
+    mirrored, mirrored_weights = run_of(
+        sweeps, "mirrored", "mirrored_uneven", "one"
+    )
+    assert_same_weights(single_weights, mirrored_weights, 1e-5, 1e-6)
+    assert_same_logs(single["history"], mirrored["history"], 1e-5)
+
+
+@pytest.mark.slow
+def test_per_replica_batch_norm_is_another_algorithm(sweeps):
+    """Without synchronized BN, each replica normalizes its half-batch.
+
+    That is what PyTorch's DataParallel does, and a different training
+    from one device's: this is why `synchronized_batch_norm` exists.
+    """
+    _, single_weights = run_of(sweeps, "mirrored", "single", "one")
+    _, per_replica_weights = run_of(
+        sweeps, "mirrored", "mirrored_per_replica_bn", "one"
+    )
+    difference = global_relative_difference(single_weights, per_replica_weights)
+    assert difference > 1e-3
+
+
+# === XLA ===
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_xla_matches_no_xla(sweeps, method):
+    """`jit_compile=True` trains to the same weights, losses and metrics.
+
+    Compared in float64 (see the module docstring), to 1e-5 like the
+    replicas; in float32 XLA's other rounding gives 1e-7 differences that
+    a few steps can grow past 1e-4 in single variables.
+    """
+    reference, reference_weights = run_of(sweeps, "mirrored", "single", method)
+    compiled, compiled_weights = run_of(sweeps, "xla", "single", method)
+    assert compiled["jit_compile"] and not reference["jit_compile"]
+    assert compiled["logits_dtype"] == reference["logits_dtype"] == "float64"
+    assert compiled["steps"] == reference["steps"] == 6
+    assert global_relative_difference(reference_weights, compiled_weights) < (
+        1e-5
+    )
+    assert_same_weights(reference_weights, compiled_weights, 1e-5, 1e-6)
+    assert_same_logs(reference["history"], compiled["history"], 1e-5)
+
+
+# === Mixed precision ===
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("method", METHODS)
+def test_mixed_precision_trains(sweeps, method, policy):
+    """Float16/bfloat16 compute, float32 losses and variables; it learns."""
+    reference, _ = run_of(sweeps, "reference", "single", method)
+    mixed, weights = run_of(sweeps, policy, "single", method)
+    assert mixed["logits_dtype"] == policy.split("_")[1]
+    expected_optimizer = (
+        "LossScaleOptimizer" if policy == "mixed_float16" else "SGD"
+    )
+    assert mixed["optimizer"] == expected_optimizer
+    # The method computes every loss term (softmax, KL) in float32.
+    assert set(mixed["term_dtypes"].values()) == {"float32"}, mixed[
+        "term_dtypes"
+    ]
+    assert all(w.dtype == np.float32 for w in weights.values())
+    losses = mixed["batch_losses"]
+    assert np.all(np.isfinite(losses))
+    # Same first loss as float32 (same weights, same batch) up to the
+    # precision of the compute dtype, and training lowers it.
+    rtol = 1e-3 if policy == "mixed_float16" else 1e-2
+    np.testing.assert_allclose(
+        losses[0], reference["batch_losses"][0], rtol=rtol
+    )
+    assert mixed["history"]["loss"][-1] < losses[0]
+
+
+# === Determinism ===
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", DETERMINISM_METHODS)
+def test_same_seed_same_weights(sweeps, method):
+    """Two processes, same seed, op determinism: bit-identical weights."""
+    if method not in METHODS:
+        pytest.fail(f"{method} is no longer registered: update the test.")
+    first, first_weights = run_of(sweeps, "reference", "single", method)
+    second, second_weights = run_of(sweeps, "reference_again", "single", method)
+    assert first["history"] == second["history"]
+    for path, value in first_weights.items():
+        np.testing.assert_array_equal(second_weights[path], value, path)
+
+
+@pytest.mark.slow
+def test_another_seed_other_weights(sweeps):
+    """The determinism test can fail: another seed gives other weights."""
+    _, seed_0 = run_of(sweeps, "reference", "single", "one")
+    _, seed_1 = run_of(sweeps, "reference_again", "single_seed_1", "one")
+    assert global_relative_difference(seed_0, seed_1) > 1e-2
