@@ -84,8 +84,8 @@ def build_parser():
     train.add_argument(
         "--branches",
         type=_positive_int,
-        default=3,
-        help="number of branches (default: 3)",
+        default=None,
+        help="number of branches (default: the method's, 3 for ONE)",
     )
     train.add_argument(
         "--epochs", type=_positive_int, default=30, help="(default: 30)"
@@ -319,7 +319,8 @@ def train(args):
         rows.append(
             ("baseline (1 branch)", f"{100 * baseline['accuracy']:.2f}")
         )
-    print(f"Training {name} ({args.model}, {args.branches} branches)...")
+    branches = f", {args.branches} branches" if args.branches else ""
+    print(f"Training {name} ({args.model}{branches})...")
     keras.utils.set_random_seed(args.seed)
     method = _make_method(args)
     logs = os.path.join(output_dir, "logs", args.method)

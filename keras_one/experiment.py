@@ -148,7 +148,7 @@ def train_distiller(
     test_ds,
     info,
     epochs,
-    num_branches=3,
+    num_branches=None,
     learning_rate=0.1,
     weight_decay=5e-4,
     schedule="cosine",
@@ -160,7 +160,8 @@ def train_distiller(
     Args:
         method: a `keras_one.methods.Method` instance.
         model: a name for `keras_one.models.get`, e.g. `"resnet20"`.
-        num_branches: number of branches of the student.
+        num_branches: number of branches of the student; `None` for the
+            method's default (3 for ONE, 2 for DML and FFL, ...).
         The other arguments are those of `train_baseline`.
 
     Returns:
@@ -169,12 +170,13 @@ def train_distiller(
         (`ensemble_accuracy`), the epoch `history` and `train_seconds`.
     """
     num_classes, input_shape = _classes_and_shape(info)
+    branches = {} if num_branches is None else {"num_branches": num_branches}
     student = method.build_student(
         model,
         num_classes=num_classes,
         input_shape=input_shape,
-        num_branches=num_branches,
         weight_decay=weight_decay,
+        **branches,
     )
     distiller = Distiller(student, method)
     distiller.compile(
