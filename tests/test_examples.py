@@ -38,3 +38,9 @@ def test_one_cifar10(tmp_path):
 def test_mobilenet_multi_branch(tmp_path):
     out = run_example("mobilenet_multi_branch.py", tmp_path)
     assert "one branch:" in out
+
+
+@pytest.mark.slow
+def test_distributed_training(tmp_path):
+    out = run_example("distributed_training.py", tmp_path)
+    assert "2 replica(s)" in out and "ensemble accuracy" in out
