@@ -33,8 +33,8 @@ METHODS = methods.names()
 DETERMINISM_METHODS = ["one", "okddip", "sokd"]
 TIMEOUT = 900
 
-# Two lanes run these in order: mirrored, reference_again, mixed_bfloat16
-# and xla, reference, mixed_float16 (balanced by their running times).
+# Two lanes run these in order: mirrored, determinism_again, determinism
+# and xla, mixed (balanced by their running times).
 SWEEPS = {
     "mirrored": [
         "--policy",
@@ -44,14 +44,17 @@ SWEEPS = {
         "single_uneven@one,mirrored_uneven@one",
     ],
     "xla": ["--policy", "float64", "--jit"],
-    "reference_again": [
+    "determinism_again": [
         "--determinism",
         "--runs",
         "single@" + "+".join(DETERMINISM_METHODS) + ",single_seed_1@one",
     ],
-    "reference": ["--determinism"],
-    "mixed_bfloat16": ["--policy", "mixed_bfloat16"],
-    "mixed_float16": ["--policy", "mixed_float16"],
+    "mixed": ["--runs", "mixed_float16,mixed_bfloat16"],
+    "determinism": [
+        "--determinism",
+        "--runs",
+        "single@" + "+".join(DETERMINISM_METHODS),
+    ],
 }
 
 
@@ -231,8 +234,7 @@ def test_xla_matches_no_xla(sweeps, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_mixed_precision_trains(sweeps, method, policy):
     """Float16/bfloat16 compute, float32 losses and variables; it learns."""
-    reference, _ = run_of(sweeps, "reference", "single", method)
-    mixed, weights = run_of(sweeps, policy, "single", method)
+    mixed, weights = run_of(sweeps, "mixed", policy, method)
     assert mixed["logits_dtype"] == policy.split("_")[1]
     expected_optimizer = (
         "LossScaleOptimizer" if policy == "mixed_float16" else "SGD"
@@ -245,11 +247,11 @@ def test_mixed_precision_trains(sweeps, method, policy):
     assert all(w.dtype == np.float32 for w in weights.values())
     losses = mixed["batch_losses"]
     assert np.all(np.isfinite(losses))
-    # Same first loss as float32 (same weights, same batch) up to the
+    # The first loss is float32's (same weights, same batch) up to the
     # precision of the compute dtype, and training lowers it.
     rtol = 1e-3 if policy == "mixed_float16" else 1e-2
     np.testing.assert_allclose(
-        losses[0], reference["batch_losses"][0], rtol=rtol
+        losses[0], mixed["float32_first_loss"], rtol=rtol
     )
     assert mixed["history"]["loss"][-1] < losses[0]
 
@@ -263,8 +265,10 @@ def test_same_seed_same_weights(sweeps, method):
     """Two processes, same seed, op determinism: bit-identical weights."""
     if method not in METHODS:
         pytest.fail(f"{method} is no longer registered: update the test.")
-    first, first_weights = run_of(sweeps, "reference", "single", method)
-    second, second_weights = run_of(sweeps, "reference_again", "single", method)
+    first, first_weights = run_of(sweeps, "determinism", "single", method)
+    second, second_weights = run_of(
+        sweeps, "determinism_again", "single", method
+    )
     assert first["history"] == second["history"]
     for path, value in first_weights.items():
         np.testing.assert_array_equal(second_weights[path], value, path)
@@ -273,6 +277,6 @@ def test_same_seed_same_weights(sweeps, method):
 @pytest.mark.slow
 def test_another_seed_other_weights(sweeps):
     """The determinism test can fail: another seed gives other weights."""
-    _, seed_0 = run_of(sweeps, "reference", "single", "one")
-    _, seed_1 = run_of(sweeps, "reference_again", "single_seed_1", "one")
+    _, seed_0 = run_of(sweeps, "determinism", "single", "one")
+    _, seed_1 = run_of(sweeps, "determinism_again", "single_seed_1", "one")
     assert global_relative_difference(seed_0, seed_1) > 1e-2

@@ -23,6 +23,8 @@ Runs (a run name followed by `@m1+m2` runs only for those methods):
 - `mirrored_per_replica_bn`: the same with per-replica BatchNormalization.
 - `single_uneven`, `mirrored_uneven`: 95 examples, so the last batch of 31
   splits 16 / 15 over the replicas.
+- `mixed_float16`, `mixed_bfloat16`: `single` under that dtype policy;
+  also records the first batch's loss of the same Distiller in float32.
 
 Usage:
     python train_methods.py --output /tmp/out --methods one,dml \
@@ -40,13 +42,16 @@ import traceback
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RUNS = {
-    # name: (strategy, synchronized_batch_norm, number of examples, seed)
-    "single": (None, True, 96, 0),
-    "single_seed_1": (None, True, 96, 1),
-    "mirrored": ("mirrored", True, 96, 0),
-    "mirrored_per_replica_bn": ("mirrored", False, 96, 0),
-    "single_uneven": (None, True, 95, 0),
-    "mirrored_uneven": ("mirrored", True, 95, 0),
+    # name: (strategy, synchronized_batch_norm, examples, seed, policy);
+    # a policy of None is --policy.
+    "single": (None, True, 96, 0, None),
+    "single_seed_1": (None, True, 96, 1, None),
+    "mirrored": ("mirrored", True, 96, 0, None),
+    "mirrored_per_replica_bn": ("mirrored", False, 96, 0, None),
+    "single_uneven": (None, True, 95, 0, None),
+    "mirrored_uneven": ("mirrored", True, 95, 0, None),
+    "mixed_float16": (None, True, 96, 0, "mixed_float16"),
+    "mixed_bfloat16": (None, True, 96, 0, "mixed_bfloat16"),
 }
 
 
@@ -103,12 +108,12 @@ def main(argv):
 
     arrays, report = {}, {}
     for run, method in plan:
-        strategy, synchronized, num_examples, seed = RUNS[run]
+        strategy, synchronized, num_examples, seed, policy = RUNS[run]
         x, y = method_zoo.make_images(num_examples)
         sample_weight = np.random.default_rng(1).uniform(0.5, 1.5, len(y))
         keras.backend.clear_session()
         # After clear_session, which resets the global dtype policy.
-        keras.config.set_dtype_policy(args.policy)
+        keras.config.set_dtype_policy(policy or args.policy)
         start = time.process_time()
         try:
             scope = mirrored.scope() if strategy else contextlib.nullcontext()
@@ -142,6 +147,16 @@ def main(argv):
             continue
         for path, value in method_zoo.weights_of(distiller).items():
             arrays[f"{run}/{method}/{path}"] = value
+        float32_first_loss = None
+        if (policy or args.policy).startswith("mixed"):
+            # The same Distiller (same seed, same initial weights) in
+            # float32: its loss on the first batch, as `fit` logs it.
+            keras.backend.clear_session()
+            keras.config.set_dtype_policy("float32")
+            reference = method_zoo.make_distiller(method, seed=seed)
+            batch = (x[:32], y[:32], sample_weight[:32])
+            loss = reference._forward_and_loss(*batch, training=True)[3]
+            float32_first_loss = float(loss)
         report[f"{run}/{method}"] = {
             "history": history.history,
             "batch_losses": batch_losses.losses,
@@ -150,6 +165,7 @@ def main(argv):
             "steps": int(distiller.optimizer.iterations.numpy()),
             "logits_dtype": logits_dtype,
             "term_dtypes": dtypes,
+            "float32_first_loss": float32_first_loss,
             # The flag is set only while a step runs: never left behind.
             "synchronized_after_fit": any(
                 getattr(layer, "synchronized", False)
