@@ -102,6 +102,13 @@ def build_parser():
         default=None,
         help="intra-op threads of TensorFlow and PyTorch (default: theirs)",
     )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with the process's CPU time instead of wall time (with "
+        "--threads 1: images per CPU-second, robust to other processes on "
+        "a shared machine)",
+    )
     parser.add_argument("--output", default=None, help="JSON results path")
     return parser
 
@@ -286,14 +293,15 @@ def measure(steps, args):
     for step in steps.values():
         for _ in range(args.warmup_steps):
             _sync(step())
+    clock = time.process_time if args.cpu_time else time.perf_counter
     speeds = {name: [] for name in steps}
     for round_index in range(args.rounds):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(args.window_steps):
                 result = step()
             _sync(result)
-            seconds = time.perf_counter() - start
+            seconds = clock() - start
             speeds[name].append(args.window_steps * args.batch_size / seconds)
         line = ", ".join(f"{n} {v[-1]:.0f}" for n, v in speeds.items())
         print(f"round {round_index + 1}: {line} img/s", flush=True)
@@ -334,6 +342,7 @@ def main(argv=None):
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     variants = list(args.variants or ALL_VARIANTS)
     if "torch" in variants:
         try:
@@ -352,9 +361,12 @@ def main(argv=None):
         start = time.perf_counter()
         steps[name] = build_variant(name, args, images, labels)
         print(f"built {name} in {time.perf_counter() - start:.0f} s")
+    load_before = os.getloadavg()
     speeds = measure(steps, args)
+    load_after = os.getloadavg()
     table, ratios = summarize(speeds)
     print(f"\nTraining throughput, {args.model}, batch {args.batch_size}")
+    print(f"load average before {load_before}, after {load_after}")
     print(f"{'variant':20s} {'img/s (median)':>15s} {'min':>7s} {'max':>7s}")
     for name, stats in table.items():
         print(
@@ -369,6 +381,9 @@ def main(argv=None):
         "machine": _machine(),
         "images_per_second": table,
         "time_ratios": ratios,
+        # 1-, 5- and 15-minute load averages: about the number of cores
+        # (2) when the machine ran nothing else.
+        "load_average": {"before": load_before, "after": load_after},
     }
     if args.output:
         directory = os.path.dirname(os.path.abspath(args.output))

@@ -98,7 +98,7 @@ def test_throughput_benchmark_tiny(tmp_path, capsys):
     results = throughput.main(
         ["--model", "resnet8", "--batch-size", "4", "--image-size", "8",
          "--rounds", "2", "--window-steps", "1", "--warmup-steps", "1",
-         "--variants", *variants, "--output", str(output)]
+         "--variants", *variants, "--cpu-time", "--output", str(output)]
     )  # fmt: skip
     saved = json.loads(output.read_text())
     speeds = saved["images_per_second"]
