@@ -11,7 +11,7 @@ call (tracing, plus XLA compilation).
 
 Runs on the default device: the GPU if TensorFlow sees one, else the CPU.
 A short run (default: ResNet-32, batch 128, 6 rounds of 4 steps per
-variant) takes about 2 minutes on a 2-core CPU:
+variant) takes about 2 minutes per method on a 2-core CPU:
 
     python bench/xla_speed.py --methods one dml
 """
@@ -92,7 +92,9 @@ def build_step(method_name, jit_compile, args, images, labels):
         )
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
     start = time.perf_counter()
-    distiller.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)
+    distiller.fit(
+        dataset, steps_per_epoch=1, epochs=1, shuffle=False, verbose=0
+    )
     first_call = time.perf_counter() - start
     iterator = iter(dataset)
     function = distiller.train_function
