@@ -34,7 +34,7 @@ setup(
         "cpu": ["tensorflow-cpu>=2.18"],
         "gpu": ["tensorflow[and-cuda]>=2.18"],
         "tf": ["tensorflow>=2.18"],
-        "test": ["pytest>=8", "ruff>=0.6", "pdoc>=14"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "pdoc>=14"],
         "docs": ["pdoc>=14"],
     },
     entry_points={"console_scripts": ["keras-one=keras_one.cli:main"]},

@@ -122,3 +122,39 @@ def test_throughput_benchmark_tiny(tmp_path, capsys):
     )
     np.testing.assert_allclose(ratio["time_ratio"], expected)
     assert results["time_ratios"].keys() == saved["time_ratios"].keys()
+
+
+def test_readme_tables_pair_seeds(tmp_path, capsys):
+    tables = load_script("readme_tables")
+    accuracy = load_script("accuracy")
+    runs = [
+        {"method": "baseline", "seed": 0, "branch_accuracy": [0.60]},
+        {"method": "baseline", "seed": 1, "branch_accuracy": [0.64]},
+        {"method": "one", "seed": 0, "branch_accuracy": [0.61, 0.63],
+         "ensemble_accuracy": 0.63},
+        {"method": "one", "seed": 1, "branch_accuracy": [0.66, 0.66],
+         "ensemble_accuracy": 0.67},
+    ]  # fmt: skip
+    for run in runs:
+        run["train_seconds"] = 10.0
+    results = {
+        "protocol": {"epochs": 1},
+        "runs": runs,
+        "summary": accuracy.summarize(runs),
+    }
+    path = tmp_path / "accuracy.json"
+    path.write_text(json.dumps(results))
+    tables.main([str(path)])
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if cells[0] in ("one", "baseline"):
+            rows[cells[0]] = cells
+    # Mean branches 62 and 66 against baselines 60 and 64: +2 in both
+    # seeds; the ensembles are 1 point above the mean branches.
+    assert rows["one"][:4] == ["one", "2", "test", "64.00 ± 2.83"]
+    assert rows["one"][5:8] == ["65.00 ± 2.83", "+2.00 ± 0.00", "+1.00 ± 0.00"]
+    assert rows["baseline"][6:8] == ["-", "-"]
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a benchmark result"):
+        tables.main([str(tmp_path / "other.json")])

@@ -1,0 +1,145 @@
+"""Markdown tables of benchmark results, as the README shows them.
+
+Reads the JSON files written by `bench/accuracy.py` and `bench/throughput.py`
+and prints their figures as Markdown tables, so every number in the README's
+results section comes from a result file:
+
+    python bench/readme_tables.py bench/results/accuracy_*.json \
+        bench/results/throughput_*.json
+
+Accuracy files give, per method: the number of seeds, the mean +- sample
+standard deviation over the seeds of the mean branch, the best branch and
+the ensemble on the test set and on the held-out training images, the gain
+of the mean branch over the baseline paired by seed, and the training time.
+Throughput files give the images per second of every variant (median, min
+and max over the rounds) and the time ratios.
+"""
+
+import argparse
+import json
+
+import numpy as np
+
+BASELINE = "baseline"
+
+
+def _cell(stats):
+    if not stats:
+        return "-"
+    if stats["n"] < 2:
+        return f"{stats['mean']:.2f}"
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+
+
+def _paired_gain(runs, name, key, reference):
+    """Mean +- std over seeds of `name`'s mean branch minus `reference`."""
+    by_seed = {}
+    for run in runs:
+        if key in run:
+            by_seed.setdefault(run["seed"], {})[run["method"]] = run
+    gains = []
+    for seed_runs in by_seed.values():
+        if name in seed_runs and reference in seed_runs:
+            ours = np.mean(seed_runs[name][key])
+            theirs = np.mean(seed_runs[reference][key])
+            gains.append(100 * (ours - theirs))
+    if not gains:
+        return "-"
+    if len(gains) == 1:
+        return f"{gains[0]:+.2f} (1 seed)"
+    return f"{np.mean(gains):+.2f} ± {np.std(gains, ddof=1):.2f}"
+
+
+def _ensemble_gain(runs, name, prefix):
+    """Mean +- std over seeds of ensemble minus mean branch."""
+    gains = [
+        100 * (run[f"{prefix}ensemble_accuracy"] - np.mean(run[key]))
+        for run in runs
+        if run["method"] == name
+        and run.get(f"{prefix}ensemble_accuracy") is not None
+        and (key := f"{prefix}branch_accuracy") in run
+    ]
+    if not gains:
+        return "-"
+    if len(gains) == 1:
+        return f"{gains[0]:+.2f} (1 seed)"
+    return f"{np.mean(gains):+.2f} ± {np.std(gains, ddof=1):.2f}"
+
+
+def accuracy_tables(results):
+    protocol = results["protocol"]
+    runs = results["runs"]
+    lines = [
+        f"Protocol: {json.dumps(protocol)}",
+        "",
+        "| method | seeds | split | mean branch | best branch | ensemble "
+        "| mean branch - baseline (paired) | ensemble - mean branch "
+        "| train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in results["summary"].items():
+        for prefix, split in (("", "test"), ("heldout_", "held-out")):
+            if f"{prefix}mean_branch" not in entry:
+                continue
+            key = f"{prefix}branch_accuracy"
+            gain = (
+                "-"
+                if name == BASELINE
+                else _paired_gain(runs, name, key, BASELINE)
+            )
+            seconds = entry["train_seconds"]["mean"] if not prefix else None
+            lines.append(
+                f"| {name} | {len(entry['seeds'])} | {split} "
+                f"| {_cell(entry[f'{prefix}mean_branch'])} "
+                f"| {_cell(entry[f'{prefix}best_branch'])} "
+                f"| {_cell(entry.get(f'{prefix}ensemble'))} "
+                f"| {gain} | {_ensemble_gain(runs, name, prefix)} "
+                f"| {'' if seconds is None else f'{seconds:.0f}'} |"
+            )
+    return "\n".join(lines)
+
+
+def throughput_tables(results):
+    arguments = results["arguments"]
+    lines = [
+        f"Arguments: model {arguments['model']}, batch "
+        f"{arguments['batch_size']}, {arguments['branches']} branches, "
+        f"{arguments['rounds']} rounds of {arguments['window_steps']} steps, "
+        f"threads {arguments.get('threads') or 'default'}, "
+        f"{'CPU' if arguments.get('cpu_time') else 'wall'} time; "
+        f"load average before/after {results.get('load_average')}",
+        "",
+        "| variant | img/s (median) | min | max |",
+        "|---|---|---|---|",
+    ]
+    for name, stats in results["images_per_second"].items():
+        lines.append(
+            f"| {name} | {stats['median']:.0f} | {stats['min']:.0f} "
+            f"| {stats['max']:.0f} |"
+        )
+    lines += ["", "| time ratio | median | per round |", "|---|---|---|"]
+    for name, ratio in results["time_ratios"].items():
+        rounds = ", ".join(f"{value:.2f}" for value in ratio["per_round"])
+        lines.append(f"| {name} | {ratio['time_ratio']:.3f} | {rounds} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", help="result JSON files")
+    args = parser.parse_args(argv)
+    for path in args.results:
+        with open(path) as file:
+            results = json.load(file)
+        print(f"### {path}\n")
+        if "runs" in results:
+            print(accuracy_tables(results))
+        elif "images_per_second" in results:
+            print(throughput_tables(results))
+        else:
+            raise SystemExit(f"{path}: not a benchmark result file")
+        print()
+
+
+if __name__ == "__main__":
+    main()
