@@ -31,39 +31,45 @@ def _cell(stats):
     return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
 
 
+def _format_gains(gains):
+    """`mean +- sample std` of per-seed gains in points, or `-`."""
+    if not gains:
+        return "-"
+    if len(gains) == 1:
+        return f"{gains[0]:+.2f} (1 seed)"
+    return f"{np.mean(gains):+.2f} ± {np.std(gains, ddof=1):.2f}"
+
+
 def _paired_gain(runs, name, key, reference):
-    """Mean +- std over seeds of `name`'s mean branch minus `reference`."""
+    """`name`'s mean branch minus `reference`'s, seed by seed."""
     by_seed = {}
     for run in runs:
         if key in run:
             by_seed.setdefault(run["seed"], {})[run["method"]] = run
-    gains = []
-    for seed_runs in by_seed.values():
-        if name in seed_runs and reference in seed_runs:
-            ours = np.mean(seed_runs[name][key])
-            theirs = np.mean(seed_runs[reference][key])
-            gains.append(100 * (ours - theirs))
-    if not gains:
-        return "-"
-    if len(gains) == 1:
-        return f"{gains[0]:+.2f} (1 seed)"
-    return f"{np.mean(gains):+.2f} ± {np.std(gains, ddof=1):.2f}"
+    return _format_gains(
+        [
+            100 * (np.mean(pair[name][key]) - np.mean(pair[reference][key]))
+            for pair in by_seed.values()
+            if name in pair and reference in pair
+        ]
+    )
 
 
 def _ensemble_gain(runs, name, prefix):
-    """Mean +- std over seeds of ensemble minus mean branch."""
-    gains = [
-        100 * (run[f"{prefix}ensemble_accuracy"] - np.mean(run[key]))
-        for run in runs
-        if run["method"] == name
-        and run.get(f"{prefix}ensemble_accuracy") is not None
-        and (key := f"{prefix}branch_accuracy") in run
-    ]
-    if not gains:
-        return "-"
-    if len(gains) == 1:
-        return f"{gains[0]:+.2f} (1 seed)"
-    return f"{np.mean(gains):+.2f} ± {np.std(gains, ddof=1):.2f}"
+    """`name`'s ensemble minus its mean branch, seed by seed."""
+    branches, ensemble = (
+        f"{prefix}branch_accuracy",
+        f"{prefix}ensemble_accuracy",
+    )
+    return _format_gains(
+        [
+            100 * (run[ensemble] - np.mean(run[branches]))
+            for run in runs
+            if run["method"] == name
+            and run.get(ensemble) is not None
+            and branches in run
+        ]
+    )
 
 
 def accuracy_tables(results):
