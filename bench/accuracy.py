@@ -29,6 +29,19 @@ schedule reads `--rampup-fraction 0.27`, i.e. 80 of 300 epochs):
 
 The paper's step schedule (x0.1 at epochs 150 and 225) is replaced by the
 cosine decay of `keras_one.experiment`.
+
+KD, SOKD and EKD learn from pre-trained teachers. The benchmark trains them
+first, with the baseline's recipe on the same training images, as networks
+of `--teacher-model`: one per seed for KD and SOKD (shared by the two), and
+`--branches` for EKD (one per student branch, each from its own seed:
+teacher `k` of seed `s` is trained with seed `1000 + 10 * s + k`). The
+teachers are saved as `.keras` files in `--teacher-dir` (default: next to
+`--output`) and reused by later runs and reruns; their test and held-out
+accuracy and training time are recorded with every run that uses them:
+
+    python bench/accuracy.py --data cifar10_dev.npz --model resnet20 \
+        --train-examples 2500 --epochs 80 --seeds 0 --methods kd sokd \
+        --teacher-model resnet32 --output results/accuracy.json
 """
 
 import argparse
@@ -83,6 +96,18 @@ def build_parser():
         default=0.27,
         help="ramp-up of the distillation weight as a fraction of the "
         "epochs (ONE: 80 of 300)",
+    )
+    parser.add_argument(
+        "--teacher-model",
+        default="resnet56",
+        help="network of the pre-trained teachers of KD, SOKD and EKD "
+        "(default resnet56, the usual teacher of a ResNet-20 student)",
+    )
+    parser.add_argument(
+        "--teacher-dir",
+        default=None,
+        help="where the teachers are saved and found again (default: "
+        "<output without .json>_teachers)",
     )
     parser.add_argument("--output", default="accuracy.json")
     parser.add_argument(
@@ -169,17 +194,94 @@ def _info_dict(info):
 # === Training ===
 
 
-def _make_method(name, args):
+def teacher_count(name, args):
+    """How many pre-trained teachers method `name` takes (0: none)."""
+    from keras_one import methods
+
+    parameters = inspect.signature(methods.get(name).__init__).parameters
+    if "teachers" in parameters:
+        return args.branches
+    return 1 if "teacher" in parameters else 0
+
+
+def _make_method(name, args, teachers=()):
     from keras_one import methods
 
     method_class = methods.get(name)
     parameters = inspect.signature(method_class.__init__).parameters
-    if "teacher" in parameters or "teachers" in parameters:
-        return None
     kwargs = {}
+    if "teachers" in parameters:
+        kwargs["teachers"] = list(teachers)
+    elif "teacher" in parameters:
+        kwargs["teacher"] = teachers[0]
     if "rampup_epochs" in parameters:
         kwargs["rampup_epochs"] = round(args.rampup_fraction * args.epochs)
     return method_class(**kwargs)
+
+
+def _teacher_dir(args):
+    return args.teacher_dir or os.path.splitext(args.output)[0] + "_teachers"
+
+
+def teacher_seed(seed, index):
+    """The seed of teacher `index` of the runs with seed `seed`."""
+    return 1000 + 10 * seed + index
+
+
+def get_teacher(args, seed, index):
+    """Teacher `index` of seed `seed`: loaded if saved, else trained and saved.
+
+    Returns `(model, record)`, the record holding the teacher's test and
+    held-out accuracy, training time and seed.
+    """
+    import keras
+
+    from keras_one import experiment
+
+    folder = _teacher_dir(args)
+    stem = os.path.join(
+        folder, f"{args.teacher_model}_seed{seed}_teacher{index}"
+    )
+    if os.path.exists(f"{stem}.keras") and os.path.exists(f"{stem}.json"):
+        with open(f"{stem}.json") as file:
+            record = json.load(file)
+        model = keras.saving.load_model(
+            f"{stem}.keras", compile=False, safe_mode=True
+        )
+        return model, record
+    seed_k = teacher_seed(seed, index)
+    print(
+        f"=== teacher {index} of seed {seed}: {args.teacher_model}, "
+        f"seed {seed_k} ===",
+        flush=True,
+    )
+    train_ds, test_ds, heldout_ds, info = load_data(args, seed_k)
+    keras.utils.set_random_seed(seed_k)
+    model, scores = experiment.train_baseline(
+        model=args.teacher_model,
+        train_ds=train_ds,
+        test_ds=test_ds,
+        info=info,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        verbose=args.verbose,
+    )
+    record = {
+        "model": args.teacher_model,
+        "seed": seed_k,
+        "test_accuracy": scores["accuracy"],
+        "train_seconds": scores["train_seconds"],
+    }
+    if heldout_ds is not None:
+        record["heldout_accuracy"] = _accuracy(model, heldout_ds, "accuracy")
+    os.makedirs(folder, exist_ok=True)
+    # Written under temporary names, then renamed: an interrupted run
+    # leaves no half-written teacher behind.
+    model.save(f"{stem}.tmp.keras")
+    os.replace(f"{stem}.tmp.keras", f"{stem}.keras")
+    _write(f"{stem}.json", record)
+    return model, record
 
 
 def _accuracy(model, dataset, key):
@@ -215,22 +317,40 @@ def run_one(name, seed, args):
                 _accuracy(network, heldout_ds, "accuracy")
             ]
     else:
-        method = _make_method(name, args)
+        teachers = [
+            get_teacher(args, seed, index)
+            for index in range(teacher_count(name, args))
+        ]
+        if teachers:
+            record["teachers"] = [teacher for _, teacher in teachers]
+        keras.utils.set_random_seed(seed)
+        method = _make_method(name, args, [model for model, _ in teachers])
         distiller, scores = experiment.train_distiller(
             method, num_branches=args.branches, **recipe
         )
+        single = distiller.num_branches == 1
         record["branch_accuracy"] = scores["branch_accuracy"]
-        record["ensemble_accuracy"] = scores["ensemble_accuracy"]
+        # A single network (KD, SOKD) has no ensemble.
+        record["ensemble_accuracy"] = (
+            None if single else scores["ensemble_accuracy"]
+        )
         if heldout_ds is not None:
             evaluated = distiller.evaluate(
                 heldout_ds, verbose=0, return_dict=True
             )
+            keys = (
+                ["accuracy"]
+                if single
+                else [
+                    f"branch_{i}_accuracy"
+                    for i in range(distiller.num_branches)
+                ]
+            )
             record["heldout_branch_accuracy"] = [
-                float(evaluated[f"branch_{i}_accuracy"])
-                for i in range(distiller.num_branches)
+                float(evaluated[key]) for key in keys
             ]
-            record["heldout_ensemble_accuracy"] = float(
-                evaluated["ensemble_accuracy"]
+            record["heldout_ensemble_accuracy"] = (
+                None if single else float(evaluated["ensemble_accuracy"])
             )
     record["train_seconds"] = scores["train_seconds"]
     record["history"] = {
@@ -273,6 +393,12 @@ def summarize(runs):
             ensemble = [run.get(f"{prefix}ensemble_accuracy") for run in group]
             if all(value is not None for value in ensemble):
                 entry[f"{prefix}ensemble"] = _stats(ensemble)
+        teachers = [t for run in group for t in run.get("teachers", [])]
+        if teachers:
+            entry["teacher_model"] = teachers[0]["model"]
+            for key in ("test_accuracy", "heldout_accuracy"):
+                if all(key in t for t in teachers):
+                    entry[f"teacher_{key}"] = _stats([t[key] for t in teachers])
         seconds = [run["train_seconds"] for run in group]
         entry["train_seconds"] = {
             "mean": float(np.mean(seconds)),
@@ -294,11 +420,14 @@ def format_summary(summary, prefix=""):
                 f"{stats['mean']:.2f} +- {stats['std']:.2f}" if stats else "-"
             )
         cells.append(f"{entry['train_seconds']['mean']:.0f}")
+        teacher = entry.get(f"teacher_{prefix or 'test_'}accuracy")
+        model = entry.get("teacher_model")
+        cells.append(f"{model} {teacher['mean']:.2f}" if teacher else "-")
         rows.append(cells)
     from keras_one import report
 
     headers = ("method", "seeds", "mean branch", "best branch", "ensemble")
-    return report.format_table(rows, headers + ("train s",))
+    return report.format_table(rows, headers + ("train s", "teacher"))
 
 
 def plot(summary, path, title):
@@ -365,8 +494,13 @@ def main(argv=None):
     protocol = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("output", "chart", "verbose", "methods", "seeds")
-    }
+        if key
+        not in (
+            "output", "chart", "verbose", "methods", "seeds",
+            # Recorded with each run that uses teachers instead.
+            "teacher_model", "teacher_dir",
+        )
+    }  # fmt: skip
     results = {"protocol": protocol, "machine": _machine(), "runs": []}
     if os.path.exists(args.output):
         with open(args.output) as file:
@@ -386,9 +520,6 @@ def main(argv=None):
     for seed in args.seeds:
         for name in args.methods:
             if (name, seed) in done:
-                continue
-            if name != BASELINE and _make_method(name, args) is None:
-                print(f"skipping {name}: it needs pre-trained teachers")
                 continue
             print(f"=== {name}, seed {seed} ===", flush=True)
             start = time.perf_counter()

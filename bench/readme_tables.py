@@ -10,7 +10,8 @@ results section comes from a result file:
 Accuracy files give, per method: the number of seeds, the mean +- sample
 standard deviation over the seeds of the mean branch, the best branch and
 the ensemble on the test set and on the held-out training images, the gain
-of the mean branch over the baseline paired by seed, and the training time.
+of the mean branch over the baseline paired by seed, and the training time;
+for the methods with pre-trained teachers, the teachers' accuracy.
 Throughput files give the images per second of every variant (median, min
 and max over the rounds) and the time ratios.
 """
@@ -102,6 +103,14 @@ def accuracy_tables(results):
                 f"| {gain} | {_ensemble_gain(runs, name, prefix)} "
                 f"| {'' if seconds is None else f'{seconds:.0f}'} |"
             )
+        for prefix, split in (("test_", "test"), ("heldout_", "held-out")):
+            teacher = entry.get(f"teacher_{prefix}accuracy")
+            if teacher:
+                lines.append(
+                    f"| {name}'s teachers ({entry['teacher_model']}) "
+                    f"| {teacher['n']} teachers | {split} | {_cell(teacher)} "
+                    "| | | | | |"
+                )
     return "\n".join(lines)
 
 

@@ -81,6 +81,68 @@ def test_accuracy_benchmark_tiny(tiny_npz, tmp_path, capsys):
         accuracy.main(argv[:-2] + ["--epochs", "2", "--output", str(output)])
 
 
+@pytest.mark.slow
+def test_accuracy_benchmark_trains_and_reuses_teachers(
+    tiny_npz, tmp_path, capsys
+):
+    import keras
+
+    accuracy = load_script("accuracy")
+    output = tmp_path / "accuracy.json"
+
+    def arguments(seed, *methods):
+        return [
+            "--data", str(tiny_npz), "--model", "resnet8", "--epochs", "1",
+            "--seeds", str(seed), "--methods", *methods, "--branches", "2",
+            "--teacher-model", "resnet8", "--train-examples", "32",
+            "--batch-size", "16", "--verbose", "0", "--output", str(output),
+        ]  # fmt: skip
+
+    results = accuracy.main(arguments(0, "kd", "ekd", "sokd"))
+    printed = capsys.readouterr().out
+    # Two teachers trained (KD and SOKD share teacher 0; EKD's second
+    # branch has its own), each once.
+    assert printed.count("=== teacher") == 2
+    folder = tmp_path / "accuracy_teachers"
+    saved = sorted(path.name for path in folder.glob("*.keras"))
+    assert saved == [
+        "resnet8_seed0_teacher0.keras", "resnet8_seed0_teacher1.keras",
+    ]  # fmt: skip
+    runs = {run["method"]: run for run in results["runs"]}
+    assert [t["seed"] for t in runs["kd"]["teachers"]] == [1000]
+    assert runs["sokd"]["teachers"] == runs["kd"]["teachers"]
+    assert [t["seed"] for t in runs["ekd"]["teachers"]] == [1000, 1001]
+    assert len(runs["ekd"]["branch_accuracy"]) == 2
+    assert len(runs["kd"]["branch_accuracy"]) == 1
+    # The recorded accuracy is that of the saved teacher on the test images.
+    teacher = keras.saving.load_model(folder / saved[1])
+    with np.load(tiny_npz) as arrays:
+        x_train, y_train = arrays["x_train"], arrays["y_train"]
+        x_test, y_test = arrays["x_test"], arrays["y_test"]
+    subset = accuracy._stratified_subset(y_train, 32)
+    pixels = x_train[subset].reshape(-1, 3).astype("float64") / 255.0
+    x = (x_test / 255.0 - pixels.mean(axis=0)) / pixels.std(axis=0)
+    predicted = np.argmax(teacher.predict(x, verbose=0), axis=-1)
+    np.testing.assert_allclose(
+        runs["ekd"]["teachers"][1]["test_accuracy"],
+        np.mean(predicted == y_test),
+        atol=1e-6,
+    )
+    summary = results["summary"]["ekd"]
+    assert summary["teacher_model"] == "resnet8"
+    assert summary["teacher_test_accuracy"]["n"] == 2
+    # A deleted run is trained again from the saved teacher, not a new one;
+    # another seed gets a teacher of its own.
+    results["runs"] = [r for r in results["runs"] if r["method"] != "kd"]
+    output.write_text(json.dumps(results))
+    again = accuracy.main(arguments(0, "kd"))
+    assert "=== teacher" not in capsys.readouterr().out
+    assert again["runs"][-1]["teachers"] == runs["kd"]["teachers"]
+    accuracy.main(arguments(1, "kd"))
+    assert capsys.readouterr().out.count("=== teacher") == 1
+    assert (folder / "resnet8_seed1_teacher0.keras").exists()
+
+
 def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
     accuracy = load_script("accuracy")
     with pytest.raises(SystemExit, match="multiple of the number of classes"):
@@ -134,6 +196,12 @@ def test_readme_tables_pair_seeds(tmp_path, capsys):
          "ensemble_accuracy": 0.63},
         {"method": "one", "seed": 1, "branch_accuracy": [0.66, 0.66],
          "ensemble_accuracy": 0.67},
+        {"method": "kd", "seed": 0, "branch_accuracy": [0.62],
+         "ensemble_accuracy": None,
+         "teachers": [{"model": "resnet32", "test_accuracy": 0.70}]},
+        {"method": "kd", "seed": 1, "branch_accuracy": [0.65],
+         "ensemble_accuracy": None,
+         "teachers": [{"model": "resnet32", "test_accuracy": 0.72}]},
     ]  # fmt: skip
     for run in runs:
         run["train_seconds"] = 10.0
@@ -148,13 +216,17 @@ def test_readme_tables_pair_seeds(tmp_path, capsys):
     rows = {}
     for line in capsys.readouterr().out.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if cells[0] in ("one", "baseline"):
+        if cells[0] in ("one", "baseline", "kd", "kd's teachers (resnet32)"):
             rows[cells[0]] = cells
     # Mean branches 62 and 66 against baselines 60 and 64: +2 in both
     # seeds; the ensembles are 1 point above the mean branches.
     assert rows["one"][:4] == ["one", "2", "test", "64.00 ± 2.83"]
     assert rows["one"][5:8] == ["65.00 ± 2.83", "+2.00 ± 0.00", "+1.00 ± 0.00"]
     assert rows["baseline"][6:8] == ["-", "-"]
+    # KD: +2 and +1 over the baseline, no ensemble; its teachers' row.
+    assert rows["kd"][5:8] == ["-", "+1.50 ± 0.71", "-"]
+    teachers = rows["kd's teachers (resnet32)"]
+    assert teachers[1:4] == ["2 teachers", "test", "71.00 ± 1.41"]
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a benchmark result"):
         tables.main([str(tmp_path / "other.json")])
