@@ -242,9 +242,22 @@ def get_teacher(args, seed, index):
     stem = os.path.join(
         folder, f"{args.teacher_model}_seed{seed}_teacher{index}"
     )
+    # What a teacher's training depends on; a saved teacher is reused only
+    # for the same.
+    recipe = {
+        key: value
+        for key, value in protocol_of(args).items()
+        if key not in ("model", "branches", "rampup_fraction")
+    }
     if os.path.exists(f"{stem}.keras") and os.path.exists(f"{stem}.json"):
         with open(f"{stem}.json") as file:
             record = json.load(file)
+        if record.get("recipe") != recipe:
+            raise SystemExit(
+                f"{stem}.keras was trained with another recipe "
+                f"({record.get('recipe')}, not {recipe}); choose another "
+                "--teacher-dir or delete it."
+            )
         model = keras.saving.load_model(
             f"{stem}.keras", compile=False, safe_mode=True
         )
@@ -270,6 +283,7 @@ def get_teacher(args, seed, index):
     record = {
         "model": args.teacher_model,
         "seed": seed_k,
+        "recipe": recipe,
         "test_accuracy": scores["accuracy"],
         "train_seconds": scores["train_seconds"],
     }
@@ -475,6 +489,20 @@ def plot(summary, path, title):
 # === Main ===
 
 
+def protocol_of(args):
+    """The settings that make results comparable (those of one file)."""
+    return {
+        key: value
+        for key, value in vars(args).items()
+        if key
+        not in (
+            "output", "chart", "verbose", "methods", "seeds",
+            # Recorded with each run that uses teachers instead.
+            "teacher_model", "teacher_dir",
+        )
+    }  # fmt: skip
+
+
 def _write(path, results):
     temporary = f"{path}.tmp"
     with open(temporary, "w") as file:
@@ -489,18 +517,15 @@ def main(argv=None):
     for name in args.methods:
         if name != BASELINE:
             methods.get(name)  # fails early on unknown names
+    if any(
+        name != BASELINE and teacher_count(name, args) for name in args.methods
+    ):
+        from keras_one import models
+
+        models.get(args.teacher_model)  # likewise for --teacher-model
     chart = args.chart or os.path.splitext(args.output)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    protocol = {
-        key: value
-        for key, value in vars(args).items()
-        if key
-        not in (
-            "output", "chart", "verbose", "methods", "seeds",
-            # Recorded with each run that uses teachers instead.
-            "teacher_model", "teacher_dir",
-        )
-    }  # fmt: skip
+    protocol = protocol_of(args)
     results = {"protocol": protocol, "machine": _machine(), "runs": []}
     if os.path.exists(args.output):
         with open(args.output) as file:

@@ -141,6 +141,12 @@ def test_accuracy_benchmark_trains_and_reuses_teachers(
     accuracy.main(arguments(1, "kd"))
     assert capsys.readouterr().out.count("=== teacher") == 1
     assert (folder / "resnet8_seed1_teacher0.keras").exists()
+    # A saved teacher is not reused for another recipe.
+    other = arguments(0, "kd")
+    other[other.index("--epochs") + 1] = "2"
+    other[-1] = str(tmp_path / "other.json")
+    with pytest.raises(SystemExit, match="another recipe"):
+        accuracy.main(other + ["--teacher-dir", str(folder)])
 
 
 def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
