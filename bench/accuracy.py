@@ -444,6 +444,10 @@ def format_summary(summary, prefix=""):
     return report.format_table(rows, headers + ("train s", "teacher"))
 
 
+def _seeds(count):
+    return f"{count} seed{'s' * (count != 1)}"
+
+
 def plot(summary, path, title):
     """Bar chart: mean branch, best branch and ensemble, +- one std."""
     import matplotlib
@@ -454,15 +458,17 @@ def plot(summary, path, title):
     keys = ("mean_branch", "best_branch", "ensemble")
     labels = ("mean of branches", "best branch", "ensemble")
     names = list(summary)
+    # One bar for the baseline and the single networks (KD, SOKD).
+    single = {name for name in names if "ensemble" not in summary[name]}
     figure, axis = plt.subplots(figsize=(1.8 + 1.6 * len(names), 4))
     width = 0.8 / len(keys)
     for k, (key, label) in enumerate(zip(keys, labels, strict=True)):
         xs, means, stds = [], [], []
         for i, name in enumerate(names):
             stats = summary[name].get(key)
-            if stats is None or (key != "mean_branch" and name == BASELINE):
+            if stats is None or (key != "mean_branch" and name in single):
                 continue
-            xs.append(i if name == BASELINE else i + (k - 1) * width)
+            xs.append(i if name in single else i + (k - 1) * width)
             means.append(stats["mean"])
             stds.append(stats["std"])
         axis.bar(xs, means, width, yerr=stds, capsize=3, label=label)
@@ -475,7 +481,7 @@ def plot(summary, path, title):
     axis.set_ylim(max(0.0, low - 3), min(100.0, high + 2))
     axis.set_xticks(range(len(names)))
     axis.set_xticklabels(
-        [f"{n}\n({len(summary[n]['seeds'])} seeds)" for n in names]
+        [f"{n}\n({_seeds(len(summary[n]['seeds']))})" for n in names]
     )
     axis.set_ylabel("test accuracy (%)")
     axis.set_title(title, fontsize=9)
@@ -562,6 +568,8 @@ def main(argv=None):
                 flush=True,
             )
     summary = summarize(results["runs"]) if results["runs"] else {}
+    if summary:  # Redrawn also when every run was done before.
+        plot(summary, chart, title)
     print(f"\nTest accuracy (%), mean +- std over seeds ({title})")
     print(format_summary(summary))
     if any("heldout_mean_branch" in entry for entry in summary.values()):

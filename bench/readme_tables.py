@@ -108,7 +108,8 @@ def accuracy_tables(results):
             if teacher:
                 lines.append(
                     f"| {name}'s teachers ({entry['teacher_model']}) "
-                    f"| {teacher['n']} teachers | {split} | {_cell(teacher)} "
+                    f"| {teacher['n']} teacher{'s' * (teacher['n'] != 1)} "
+                    f"| {split} | {_cell(teacher)} "
                     "| | | | | |"
                 )
     return "\n".join(lines)
