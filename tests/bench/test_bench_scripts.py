@@ -95,6 +95,7 @@ def test_accuracy_benchmark_trains_and_reuses_teachers(
             "--data", str(tiny_npz), "--model", "resnet8", "--epochs", "1",
             "--seeds", str(seed), "--methods", *methods, "--branches", "2",
             "--teacher-model", "resnet8", "--train-examples", "32",
+            "--rampup-fraction", "1",
             "--batch-size", "16", "--verbose", "0", "--output", str(output),
         ]  # fmt: skip
 
@@ -114,6 +115,9 @@ def test_accuracy_benchmark_trains_and_reuses_teachers(
     assert [t["seed"] for t in runs["ekd"]["teachers"]] == [1000, 1001]
     assert len(runs["ekd"]["branch_accuracy"]) == 2
     assert len(runs["kd"]["branch_accuracy"]) == 1
+    # KD's paper has no ramp-up; the benchmark ramps SOKD up (RAMP_UP_TOO).
+    assert runs["kd"]["rampup_epochs"] == 0
+    assert runs["sokd"]["rampup_epochs"] == 1
     # The recorded accuracy is that of the saved teacher on the test images.
     teacher = keras.saving.load_model(folder / saved[1])
     with np.load(tiny_npz) as arrays:
