@@ -46,6 +46,14 @@ class SOKD(TeacherMethod):
     - The bridge is freshly initialized, as the official bridge is in
       effect (copied before the teacher's checkpoint is loaded).
 
+    Stability: with SGD at 0.1 and no warm-up (a CIFAR ResNet-20 student,
+    a ResNet-32 teacher, `bench/accuracy.py`), the bridge's logits blew up
+    within 3 steps and the student never recovered: the bridge, a fresh
+    network, learns from three terms at full weight from the first step.
+    Ramping the distillation terms up (`rampup_epochs`, e.g. a quarter of
+    the epochs) trained stably there; a smaller learning rate is the
+    other remedy (the official code gives the bridge 0.05).
+
     The teacher (and the bridge) are saved with the `Distiller`. The
     teacher must be a functional or Sequential model returning a single
     logits tensor for the student's classes. The bridge is not part of the
