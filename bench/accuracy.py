@@ -232,6 +232,20 @@ def _teacher_dir(args):
     return args.teacher_dir or os.path.splitext(args.output)[0] + "_teachers"
 
 
+def _recipe(args, model, train_ds, test_ds, info):
+    """The `keras_one.experiment` arguments shared by every network here."""
+    return dict(
+        model=model,
+        train_ds=train_ds,
+        test_ds=test_ds,
+        info=info,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        verbose=args.verbose,
+    )
+
+
 def teacher_seed(seed, index):
     """The seed of teacher `index` of the runs with seed `seed`."""
     return 1000 + 10 * seed + index
@@ -280,14 +294,7 @@ def get_teacher(args, seed, index):
     train_ds, test_ds, heldout_ds, info = load_data(args, seed_k)
     keras.utils.set_random_seed(seed_k)
     model, scores = experiment.train_baseline(
-        model=args.teacher_model,
-        train_ds=train_ds,
-        test_ds=test_ds,
-        info=info,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        verbose=args.verbose,
+        **_recipe(args, args.teacher_model, train_ds, test_ds, info)
     )
     record = {
         "model": args.teacher_model,
@@ -319,16 +326,7 @@ def run_one(name, seed, args):
     from keras_one import experiment
 
     train_ds, test_ds, heldout_ds, info = load_data(args, seed)
-    recipe = dict(
-        model=args.model,
-        train_ds=train_ds,
-        test_ds=test_ds,
-        info=info,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        verbose=args.verbose,
-    )
+    recipe = _recipe(args, args.model, train_ds, test_ds, info)
     keras.utils.set_random_seed(seed)
     record = {"method": name, "seed": seed}
     if name == BASELINE:
