@@ -375,6 +375,10 @@ def run_one(name, seed, args):
                 None if single else float(evaluated["ensemble_accuracy"])
             )
     record["train_seconds"] = scores["train_seconds"]
+    # Times depend on it: TensorFlow's own default is every core.
+    record["intra_op_threads"] = int(
+        os.environ.get("TF_NUM_INTRAOP_THREADS") or os.cpu_count()
+    )
     record["history"] = {
         key: [float(v) for v in values]
         for key, values in scores["history"].items()

@@ -39,7 +39,9 @@ def tiny_npz(tmp_path):
 
 
 @pytest.mark.slow
-def test_accuracy_benchmark_tiny(tiny_npz, tmp_path, capsys):
+def test_accuracy_benchmark_tiny(tiny_npz, tmp_path, capsys, monkeypatch):
+    # Read back into each run's record (it sets the run's speed).
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "7")
     accuracy = load_script("accuracy")
     output = tmp_path / "results" / "accuracy.json"
     argv = [
@@ -57,6 +59,7 @@ def test_accuracy_benchmark_tiny(tiny_npz, tmp_path, capsys):
     ]  # fmt: skip
     one = [r for r in runs if r["method"] == "one"]
     assert all(len(r["branch_accuracy"]) == 3 for r in one)
+    assert {r["intra_op_threads"] for r in runs} == {7}
     # 32 of the 48 training images are trained on, 16 held out.
     assert all(len(r["heldout_branch_accuracy"]) == 3 for r in one)
     # The summary is the mean and sample std (in %) over seeds.
