@@ -375,15 +375,29 @@ def run_one(name, seed, args):
                 None if single else float(evaluated["ensemble_accuracy"])
             )
     record["train_seconds"] = scores["train_seconds"]
-    # Times depend on it: TensorFlow's own default is every core.
-    record["intra_op_threads"] = int(
-        os.environ.get("TF_NUM_INTRAOP_THREADS") or os.cpu_count()
-    )
+    record["intra_op_threads"] = _intra_op_threads()
     record["history"] = {
         key: [float(v) for v in values]
         for key, values in scores["history"].items()
     }
     return record
+
+
+def _intra_op_threads():
+    """TensorFlow's intra-op thread count, which sets a run's speed.
+
+    Recorded per run, as one results file gathers runs of several
+    processes. Set by `tf.config.threading`, else by the environment
+    variable `TF_NUM_INTRAOP_THREADS` (which that API does not report),
+    else TensorFlow's default: every core.
+    """
+    import tensorflow as tf
+
+    return (
+        tf.config.threading.get_intra_op_parallelism_threads()
+        or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0)
+        or os.cpu_count()
+    )
 
 
 # === Summary ===
