@@ -13,7 +13,8 @@ the ensemble on the test set and on the held-out training images, the gain
 of the mean branch over the baseline paired by seed, and the training time;
 for the methods with pre-trained teachers, the teachers' accuracy.
 Throughput files give the images per second of every variant (median, min
-and max over the rounds) and the time ratios.
+and max over the rounds) and the time ratios (median over the rounds and,
+where the file has it, its 95% confidence interval).
 """
 
 import argparse
@@ -133,10 +134,19 @@ def throughput_tables(results):
             f"| {name} | {stats['median']:.0f} | {stats['min']:.0f} "
             f"| {stats['max']:.0f} |"
         )
-    lines += ["", "| time ratio | median | per round |", "|---|---|---|"]
+    lines += [
+        "",
+        "| time ratio | median | 95% CI of the median | per round |",
+        "|---|---|---|---|",
+    ]
     for name, ratio in results["time_ratios"].items():
         rounds = ", ".join(f"{value:.2f}" for value in ratio["per_round"])
-        lines.append(f"| {name} | {ratio['time_ratio']:.3f} | {rounds} |")
+        # Older result files have no interval.
+        interval = ratio.get("ci95")
+        interval = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "-"
+        lines.append(
+            f"| {name} | {ratio['time_ratio']:.3f} | {interval} | {rounds} |"
+        )
     return "\n".join(lines)
 
 

@@ -2,9 +2,12 @@
 
 Every variant is built, compiled and warmed up first; then the variants are
 timed in turn, in short windows of `--window-steps` training steps, round
-after round (A, B, C, A, B, C, ...), so that a change in the machine's load
-affects them all alike. Each variant's speed is its median over the rounds,
-and each ratio is the median of the per-round ratios.
+after round, in alternating order (A, B, C, C, B, A, A, B, C, ...), so that
+a change in the machine's load, and any cost of coming first or last in a
+round, affects them all alike. Each variant's speed is its median over the
+rounds, and each ratio is the median of the per-round ratios, with a 95%
+confidence interval for that median that assumes nothing about the noise
+(the sign test's: order statistics of the per-round ratios).
 
 Every step trains on one fixed in-memory batch (the same images for every
 variant), so the numbers measure the training step, not the input pipeline.
@@ -33,6 +36,7 @@ Example (the figures of the README):
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -295,8 +299,11 @@ def measure(steps, args):
             _sync(step())
     clock = time.process_time if args.cpu_time else time.perf_counter
     speeds = {name: [] for name in steps}
+    order = list(steps)
     for round_index in range(args.rounds):
-        for name, step in steps.items():
+        # Every other round runs the variants in reverse order.
+        for name in order if round_index % 2 == 0 else order[::-1]:
+            step = steps[name]
             start = clock()
             for _ in range(args.window_steps):
                 result = step()
@@ -306,6 +313,30 @@ def measure(steps, args):
         line = ", ".join(f"{n} {v[-1]:.0f}" for n, v in speeds.items())
         print(f"round {round_index + 1}: {line} img/s", flush=True)
     return speeds
+
+
+def median_confidence_interval(values, confidence=0.95):
+    """A distribution-free confidence interval for the median of `values`.
+
+    The sign test's interval: the `k`-th smallest and `k`-th largest value,
+    with `k` the largest rank such that the median lies outside them with
+    probability at most `1 - confidence` (a Binomial(n, 1/2) tail on each
+    side). It assumes only independent rounds, not normal noise. Returns
+    `None` when there are too few values (5 or fewer at 95%).
+    """
+    values = sorted(values)
+    n = len(values)
+    tail = (1 - confidence) / 2
+    k, cumulative = 0, 0.0
+    # P(Binomial(n, 1/2) <= k) <= tail: the interval (x_(k+1), x_(n-k)).
+    while True:
+        cumulative += math.comb(n, k) / 2**n
+        if cumulative > tail:
+            break
+        k += 1
+    if k == 0:
+        return None
+    return [values[k - 1], values[n - k]]
 
 
 def summarize(speeds):
@@ -330,6 +361,7 @@ def summarize(speeds):
             ]
             ratios[label] = {
                 "time_ratio": statistics.median(per_round),
+                "ci95": median_confidence_interval(per_round),
                 "per_round": per_round,
             }
     return table, ratios
@@ -373,9 +405,11 @@ def main(argv=None):
             f"{name:20s} {stats['median']:15.1f} {stats['min']:7.1f} "
             f"{stats['max']:7.1f}"
         )
-    print(f"\n{'time ratio':45s} {'median':>7s}")
+    print(f"\n{'time ratio':45s} {'median':>7s} {'95% CI':>13s}")
     for label, ratio in ratios.items():
-        print(f"{label:45s} {ratio['time_ratio']:7.3f}")
+        interval = ratio["ci95"]
+        interval = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "-"
+        print(f"{label:45s} {ratio['time_ratio']:7.3f} {interval:>13s}")
     results = {
         "arguments": vars(args),
         "machine": _machine(),

@@ -1,7 +1,9 @@
 """The benchmark scripts in a tiny mode (seconds), so that they keep working."""
 
+import argparse
 import importlib.util
 import json
+import math
 import pathlib
 
 import numpy as np
@@ -197,6 +199,55 @@ def test_throughput_benchmark_tiny(tmp_path, capsys):
     )
     np.testing.assert_allclose(ratio["time_ratio"], expected)
     assert results["time_ratios"].keys() == saved["time_ratios"].keys()
+
+
+def test_throughput_alternates_the_order_of_the_variants():
+    throughput = load_script("throughput")
+    calls = []
+
+    def make_step(name):
+        def step():
+            calls.append(name)
+            return {}
+
+        return step
+
+    steps = {name: make_step(name) for name in ("a", "b", "c")}
+    args = argparse.Namespace(
+        rounds=3, window_steps=2, warmup_steps=0, batch_size=4, cpu_time=False
+    )
+    speeds = throughput.measure(steps, args)
+    assert "".join(calls) == "".join(["aabbcc", "ccbbaa", "aabbcc"])
+    assert {name: len(values) for name, values in speeds.items()} == {
+        "a": 3, "b": 3, "c": 3,
+    }  # fmt: skip
+
+
+def _sign_test_coverage(n, k):
+    """P(x_(k) <= median <= x_(n-k+1)) for n values: 1 - 2 P(Bin(n,.5) < k)."""
+    probabilities = np.array([math.comb(n, i) for i in range(n + 1)]) / 2**n
+    return 1 - 2 * probabilities[:k].sum()
+
+
+@pytest.mark.parametrize("n", [5, 6, 8, 12, 20, 30, 41])
+def test_throughput_median_confidence_interval(n):
+    throughput = load_script("throughput")
+    values = list(np.random.default_rng(n).permutation(np.arange(n) + 1.0))
+    interval = throughput.median_confidence_interval(values)
+    # The widest-k interval (x_(k), x_(n-k+1)) that still covers >= 95%.
+    ranks = [
+        k for k in range(1, n // 2 + 1) if _sign_test_coverage(n, k) >= 0.95
+    ]
+    if not ranks:
+        assert interval is None
+        return
+    k = max(ranks)
+    assert interval == [float(k), float(n - k + 1)]
+    # Published sign-test ranks: n = 6 -> (1, 6), n = 20 -> (6, 15),
+    # n = 30 -> (10, 21).
+    known = {6: (1, 6), 20: (6, 15), 30: (10, 21)}
+    if n in known:
+        assert tuple(interval) == known[n]
 
 
 def test_readme_tables_pair_seeds(tmp_path, capsys):
