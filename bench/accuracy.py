@@ -42,6 +42,16 @@ accuracy and training time are recorded with every run that uses them:
     python bench/accuracy.py --data cifar10_dev.npz --model resnet20 \
         --train-examples 2500 --epochs 80 --seeds 0 --methods kd sokd \
         --teacher-model resnet32 --output results/accuracy.json
+
+Runs can be spread over processes or machines, each writing its own
+`--output`, and gathered into one file with `--merge` (the protocol must be
+the same; runs already in the file are kept):
+
+    python bench/accuracy.py ... --seeds 1 --output part1.json &
+    python bench/accuracy.py ... --seeds 2 --output part2.json &
+    wait
+    python bench/accuracy.py ... --seeds 1 2 \
+        --merge part1.json part2.json --output results/accuracy.json
 """
 
 import argparse
@@ -110,6 +120,15 @@ def build_parser():
         "<output without .json>_teachers)",
     )
     parser.add_argument("--output", default="accuracy.json")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="RESULTS",
+        help="first add the runs of these result files of the same protocol "
+        "(written by parallel processes or other machines) that --output "
+        "lacks; a run of a (method, seed) that --output holds is kept as is",
+    )
     parser.add_argument(
         "--chart", default=None, help="PNG path (default: next to --output)"
     )
@@ -528,7 +547,7 @@ def protocol_of(args):
         for key, value in vars(args).items()
         if key
         not in (
-            "output", "chart", "verbose", "methods", "seeds",
+            "output", "chart", "verbose", "methods", "seeds", "merge",
             # Recorded with each run that uses teachers instead.
             "teacher_model", "teacher_dir",
         )
@@ -540,6 +559,32 @@ def _write(path, results):
     with open(temporary, "w") as file:
         json.dump(results, file, indent=1)
     os.replace(temporary, path)
+
+
+def _merge(results, paths, protocol, done):
+    """Adds the runs of the files `paths` that `results` lacks.
+
+    Returns how many were added; `done` is updated.
+    """
+    total = 0
+    for path in paths:
+        added = 0
+        with open(path) as file:
+            other = json.load(file)
+        if other.get("protocol") != protocol:
+            raise SystemExit(
+                f"--merge {path} holds results of another protocol "
+                f"({other.get('protocol')}, not {protocol})."
+            )
+        for run in other["runs"]:
+            key = (run["method"], run["seed"])
+            if key not in done:
+                done.add(key)
+                results["runs"].append(run)
+                added += 1
+        print(f"merged {added} runs from {path}", flush=True)
+        total += added
+    return total
 
 
 def main(argv=None):
@@ -569,6 +614,7 @@ def main(argv=None):
             )
         results["runs"] = previous["runs"]
     done = {(run["method"], run["seed"]) for run in results["runs"]}
+    merged = _merge(results, args.merge, protocol, done)
     title = (
         f"{args.model}, {args.data and os.path.basename(args.data)}, "
         f"{args.train_examples or 'all'} train images, {args.epochs} epochs"
@@ -594,6 +640,9 @@ def main(argv=None):
                 flush=True,
             )
     summary = summarize(results["runs"]) if results["runs"] else {}
+    if merged:
+        results["summary"] = summary
+        _write(args.output, results)
     if summary:  # Redrawn also when every run was done before.
         plot(summary, chart, title)
     print(f"\nTest accuracy (%), mean +- std over seeds ({title})")

@@ -158,6 +158,53 @@ def test_accuracy_benchmark_trains_and_reuses_teachers(
         accuracy.main(other + ["--teacher-dir", str(folder)])
 
 
+def test_accuracy_benchmark_merges_results_of_parallel_runs(tmp_path, capsys):
+    accuracy = load_script("accuracy")
+    argv = ["--data", "data.npz", "--epochs", "3", "--methods", "baseline",
+            "one", "--output", str(tmp_path / "all.json")]  # fmt: skip
+    protocol = accuracy.protocol_of(accuracy.build_parser().parse_args(argv))
+
+    def run(method, seed, accuracy_value):
+        branches = 1 if method == "baseline" else 3
+        return {
+            "method": method, "seed": seed, "train_seconds": 1.0,
+            "branch_accuracy": [accuracy_value] * branches,
+            "ensemble_accuracy": None if branches == 1 else accuracy_value,
+        }  # fmt: skip
+
+    parts = {
+        # The same (method, seed) in two files: the first one read is kept.
+        "all.json": [run("baseline", 0, 0.5), run("one", 0, 0.6)],
+        "part1.json": [run("baseline", 1, 0.4), run("one", 0, 0.1)],
+        "part2.json": [run("one", 1, 0.7)],
+    }
+    for name, runs in parts.items():
+        results = {"protocol": protocol, "runs": runs}
+        (tmp_path / name).write_text(json.dumps(results))
+    merged = accuracy.main(
+        argv
+        + ["--seeds", "0", "1", "--merge"]
+        + [str(tmp_path / name) for name in ("part1.json", "part2.json")]
+    )
+    # Every run was in a file: nothing was trained.
+    assert "=== " not in capsys.readouterr().out
+    saved = json.loads((tmp_path / "all.json").read_text())
+    assert [(r["method"], r["seed"], r["branch_accuracy"][0])
+            for r in saved["runs"]] == [
+        ("baseline", 0, 0.5), ("one", 0, 0.6), ("baseline", 1, 0.4),
+        ("one", 1, 0.7),
+    ]  # fmt: skip
+    assert saved["summary"] == merged["summary"]
+    np.testing.assert_allclose(saved["summary"]["one"]["ensemble"]["mean"], 65)
+    assert saved["summary"]["baseline"]["seeds"] == [0, 1]
+    assert (tmp_path / "all.png").stat().st_size > 0
+    # A file of another protocol is refused.
+    other = {"protocol": {**protocol, "epochs": 4}, "runs": []}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="another protocol"):
+        accuracy.main(argv + ["--merge", str(tmp_path / "other.json")])
+
+
 def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
     accuracy = load_script("accuracy")
     with pytest.raises(SystemExit, match="multiple of the number of classes"):
