@@ -328,7 +328,8 @@ def median_confidence_interval(values, confidence=0.95):
     n = len(values)
     tail = (1 - confidence) / 2
     k, cumulative = 0, 0.0
-    # P(Binomial(n, 1/2) <= k) <= tail: the interval (x_(k+1), x_(n-k)).
+    # Stops at the first k with P(Binomial(n, 1/2) <= k) > tail, so that
+    # P(... <= k - 1) <= tail: the interval is (x_(k), x_(n-k+1)), 1-based.
     while True:
         cumulative += math.comb(n, k) / 2**n
         if cumulative > tail:
