@@ -125,6 +125,26 @@ class Method(keras.layers.Layer):
             f"{type(self).__name__} must implement compute_losses()."
         )
 
+    def after_train_step(self, student):
+        """Updates state the method owns, after each optimizer step.
+
+        Override it in methods that keep state tied to the student's
+        weights, such as temporal-mean (EMA) copies of them: it runs once
+        per training step, after the optimizer has applied that step's
+        update, outside the gradient, on every backend (under JAX inside a
+        `keras.StatelessScope`, so `variable.assign(...)` works as on the
+        other backends). Create the state in `build()` or the constructor
+        as non-trainable `keras.Variable`s (with
+        `aggregation="only_first_replica"` when every replica computes the
+        same value) so that it is saved and restored with the `Distiller`.
+        State that depends on the batch (memory banks) is better updated in
+        `compute_losses`, on stopped-gradient values. The default does
+        nothing and costs nothing.
+
+        Args:
+            student: the student `keras.Model`, with its updated weights.
+        """
+
     def get_config(self):
         return {
             **super().get_config(),
