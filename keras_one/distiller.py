@@ -1,58 +1,42 @@
 """The `Distiller`: trains a multi-branch student with a distillation method.
 
-TensorFlow backend only (its `train_step` uses `tf.GradientTape`); the
-layers and losses it uses are backend-independent `keras.ops` code.
+It extends Keras through its public training API only: `compute_loss` and
+`compute_metrics` (which each backend's own `train_step` calls), a
+`train_step` that calls Keras' own and then the method's state update, and
+callbacks. So it trains on the TensorFlow, JAX and PyTorch backends, with
+each backend's own distribution engine (`tf.distribute`,
+`keras.distribution`). The two Keras bugs it works around live in
+`keras_one.keras_workarounds`.
 """
 
-import json
 import math
-import os
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_one import export
+from keras_one.keras_workarounds import KerasWorkarounds
+from keras_one.keras_workarounds import ResumeWithinEpoch
+from keras_one.keras_workarounds import multi_worker_logs
 from keras_one.methods.method import Method
 from keras_one.student_outputs import LOGIT_KEYS
 from keras_one.student_outputs import check_logits
 from keras_one.student_outputs import normalize_outputs
 from keras_one.student_outputs import symbolic_io
 
-try:
-    # Keras' callbacks (EarlyStopping, ModelCheckpoint, ...) look inside
-    # metric groups of this type to tell whether a monitored metric is to be
-    # maximized; being one lets `monitor="val_ensemble_accuracy"` work with
-    # the default `mode="auto"`.
-    from keras.src.trainers.compile_utils import MetricsList as _MetricGroup
-except ImportError:  # pragma: no cover - a future Keras may move it
-    _MetricGroup = keras.metrics.Metric
 
+class _EpochLength(keras.callbacks.Callback):
+    """Tells the Distiller how many steps an epoch of `fit` has.
 
-class _OutputMetrics(_MetricGroup):
-    """The compiled metrics of one output: a branch or the ensemble."""
+    The method's schedules (ramp-up) follow the optimizer's step count;
+    this converts it into epochs. It runs before the first step.
+    """
 
-    def __init__(self, metrics, name):
-        keras.metrics.Metric.__init__(self, name=name)
-        self.metrics = metrics
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        for metric in self.metrics:
-            metric.update_state(y_true, y_pred, sample_weight=sample_weight)
-
-    def reset_state(self):
-        for metric in self.metrics:
-            metric.reset_state()
-
-    def result(self):
-        return {metric.name: metric.result() for metric in self.metrics}
-
-
-class _EpochCounter(keras.callbacks.Callback):
-    """Tells the Distiller which epoch is running (for ramp-up schedules)."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.current_epoch.assign(float(epoch))
+    def on_train_begin(self, logs=None):
+        steps = self.params.get("steps")
+        if steps:
+            self.model.steps_per_epoch = steps
+        self.model._check_schedule_inputs()
 
 
 class _NonFiniteLossGuard(keras.callbacks.Callback):
@@ -109,45 +93,8 @@ class _NonFiniteLossGuard(keras.callbacks.Callback):
         )
 
 
-class _ResumeWithinEpoch(keras.callbacks.Callback):
-    """Makes `keras.callbacks.BackupAndRestore` resume where it stopped.
-
-    Keras' callback restores the weights, the optimizer state and the epoch
-    of its last backup, but starts that epoch from its first batch again,
-    and records epoch 0 in the backups it takes before the first epoch end
-    after a restart. This companion (added by `Distiller.fit`, after the
-    backup callback) reads the backup's record and has the Distiller skip
-    the batches that were already trained, and keeps the recorded epoch
-    right, so a run killed mid-epoch and started again ends as an
-    uninterrupted one (given an input order that depends only on the epoch).
-    """
-
-    def __init__(self, backup):
-        super().__init__()
-        self.backup = backup
-
-    def on_train_begin(self, logs=None):
-        self.model._batches_to_skip = 0
-        path = os.path.join(self.backup.backup_dir, "training_metadata.json")
-        if not isinstance(self.backup.save_freq, int):
-            return
-        if not tf.io.gfile.exists(path):
-            return
-        with tf.io.gfile.GFile(path) as file:
-            record = json.load(file)
-        # A step backup records the index of the last batch it had trained.
-        self.model._batches_to_skip = int(record.get("batch", -1)) + 1
-
-    def on_epoch_begin(self, epoch, logs=None):
-        # Keras' callback only learns the epoch at an epoch end.
-        self.backup._current_epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.model._batches_to_skip = 0
-
-
 @keras.saving.register_keras_serializable(package="keras_one")
-class Distiller(keras.Model):
+class Distiller(KerasWorkarounds, keras.Model):
     """Trains a student network with an online or offline distillation method.
 
     The student is a Keras model that returns logits, one per branch: a dict
@@ -233,12 +180,14 @@ class Distiller(keras.Model):
         self.student = student
         self.method = method
         self.synchronized_batch_norm = bool(synchronized_batch_norm)
-        self._batches_to_skip = 0
-        self.current_epoch = keras.Variable(
+        self._steps_per_epoch = keras.Variable(
             0.0,
             trainable=False,
-            name="current_epoch",
+            name="steps_per_epoch",
             aggregation="only_first_replica",
+        )
+        self._updates_after_step = (
+            type(method).after_train_step is not Method.after_train_step
         )
         self._compiled_metric_ids = None
         io = symbolic_io(student)
@@ -258,6 +207,50 @@ class Distiller(keras.Model):
     def build(self, input_shape):
         inputs = keras.KerasTensor(input_shape)
         self._wire(inputs, self.student(inputs))
+
+    # === Schedules ===
+
+    @property
+    def steps_per_epoch(self):
+        """Steps in an epoch: converts the step count into epochs.
+
+        The method's schedules (its ramp-up, in epochs) follow the
+        optimizer's step count, `epoch = floor(iterations /
+        steps_per_epoch)`, so `fit`, `train_on_batch` and a custom loop
+        train identically. `fit` sets it from its data; for
+        `train_on_batch` or a custom loop, set it before training
+        (`distiller.steps_per_epoch = 390`). It is saved with the weights.
+        """
+        return int(ops.convert_to_numpy(self._steps_per_epoch.value))
+
+    @steps_per_epoch.setter
+    def steps_per_epoch(self, steps):
+        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+            raise ValueError(
+                f"steps_per_epoch must be a positive integer; got {steps!r}."
+            )
+        self._steps_per_epoch.assign(float(steps))
+
+    @property
+    def current_epoch(self):
+        """The epoch the method's schedules are at (a float tensor)."""
+        if self.optimizer is None:
+            return ops.zeros((), "float32")
+        steps = ops.cast(self.optimizer.iterations, "float32")
+        return ops.floor(steps / ops.maximum(self._steps_per_epoch, 1.0))
+
+    def _check_schedule_inputs(self):
+        if float(getattr(self.method, "rampup_epochs", 0) or 0) <= 0:
+            return
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{type(self.method).__name__} ramps its distillation weight "
+                f"up over {self.method.rampup_epochs} epochs, so the "
+                "Distiller must know how many steps an epoch has: set "
+                "`distiller.steps_per_epoch = N` before train_on_batch or a "
+                "custom loop, or pass `steps_per_epoch` to fit when the "
+                "data's length is unknown."
+            )
 
     # === Forward pass and loss ===
 
@@ -280,18 +273,38 @@ class Distiller(keras.Model):
                 f"(batch, 1); got shape {shape}.{hint}"
             )
         labels = ops.cast(labels, "int32")
-        message = (
-            f"Labels must lie in [0, {self.num_classes}) for a student with "
-            f"{self.num_classes} classes: check the labels, or build the "
-            "student with more classes."
+        valid = ops.logical_and(
+            ops.greater_equal(labels, 0), ops.less(labels, self.num_classes)
         )
-        tf.debugging.assert_non_negative(labels, message=message)
-        tf.debugging.assert_less(labels, self.num_classes, message=message)
-        return labels
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
 
-    def _forward_and_loss(self, x, y, sample_weight, training):
-        labels = self._labels(y)
-        outputs = self(x, training=training)
+            tf.debugging.Assert(
+                tf.reduce_all(valid),
+                [
+                    f"Labels must lie in [0, {self.num_classes}) for a "
+                    f"student with {self.num_classes} classes: check the "
+                    "labels, or build the student with more classes."
+                ],
+            )
+        return labels, valid
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """The method's loss of the student's outputs `y_pred`.
+
+        Runs the method (its teachers, bridges, ...) on `x` and the
+        student's outputs, sums its per-example terms (weighted by
+        `sample_weight`) and averages them over the batch (the global batch
+        under `tf.distribute`: see the class docstring), adds its
+        batch-independent terms and the regularization losses, and logs
+        every term. Labels outside `[0, num_classes)` stop training: an
+        error on TensorFlow, a NaN loss (caught by `fit`'s guard, which
+        names them) on JAX and PyTorch.
+        """
+        labels, valid = self._labels(y)
+        outputs = dict(y_pred)
         outputs.update(self.method(x, outputs, training=training))
         terms = self.method.compute_losses(labels, outputs, self.current_epoch)
         if set(terms) != set(self.method.loss_names):
@@ -306,8 +319,8 @@ class Distiller(keras.Model):
             )
         batch_size = ops.cast(ops.shape(labels)[0], "float32")
         # Per-example terms are summed over the examples here, and divided
-        # by the batch size (the global one in `train_step`); the terms that
-        # do not depend on the batch and the regularization are added once.
+        # by the (global) batch size; the terms that do not depend on the
+        # batch and the regularization are added once.
         example_sum = ops.zeros((), "float32")
         penalty = ops.zeros((), "float32")
         for name, value in terms.items():
@@ -323,57 +336,84 @@ class Distiller(keras.Model):
             terms[name] = value
         if self.losses:
             penalty = penalty + ops.cast(ops.sum(self.losses), "float32")
-        loss = example_sum / ops.maximum(batch_size, 1.0) + penalty
-        return labels, outputs, terms, loss, (example_sum, batch_size, penalty)
+        if keras.backend.backend() != "tensorflow":
+            poison = ops.where(ops.all(valid), 0.0, float("nan"))
+            penalty = penalty + ops.cast(poison, "float32")
+        if self._compiled_metric_ids is not None:
+            for tracker in self._term_trackers:
+                tracker.update_state(
+                    terms[tracker.name], sample_weight=batch_size
+                )
+        return self._global_batch_objective(example_sum, batch_size, penalty)
+
+    def _global_batch_objective(self, example_sum, batch_size, penalty):
+        """This replica's share of the loss averaged over the global batch.
+
+        Under a `tf.distribute` strategy the replicas' gradients are summed,
+        so each replica differentiates its examples' summed loss divided by
+        the global batch size (all-reduced: the last batch may split
+        unevenly), plus its share of the batch-independent terms; Keras
+        multiplies the logged value back by the number of replicas. On one
+        device, and on JAX (whose `keras.distribution` computes on the global
+        batch), this is the mean loss plus the penalties.
+        """
+        replicas = 1
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            if replicas > 1:
+                context = tf.distribute.get_replica_context()
+                batch_size = context.all_reduce("sum", batch_size)
+        return example_sum / ops.maximum(batch_size, 1.0) + penalty / replicas
 
     # === Steps ===
 
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            labels, outputs, terms, loss, parts = self._forward_and_loss(
-                x, y, sample_weight, training=True
-            )
-            objective = self._global_batch_objective(loss, *parts)
-            scaled_loss = self.optimizer.scale_loss(objective)
-        variables = self.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply(gradients, variables)
-        return self._update_metrics(labels, outputs, terms, loss, sample_weight)
+    def train_step(self, *args):
+        """Keras' own step, then the method's `after_train_step` update."""
+        if keras.backend.backend() == "jax":
+            state, data = args
+            logs, state = super().train_step(state, data)
+            if self._updates_after_step:
+                state = self._stateless_after_step(state)
+            return logs, state
+        logs = super().train_step(*args)
+        if self._updates_after_step:
+            self.method.after_train_step(self.student)
+        return logs
 
-    def _global_batch_objective(self, loss, example_sum, batch_size, penalty):
-        """This replica's share of the loss averaged over the global batch.
+    def _stateless_after_step(self, state):
+        trainable, non_trainable, optimizer_state, metrics = state
+        mapping = list(zip(self.trainable_variables, trainable, strict=True))
+        mapping += zip(self.non_trainable_variables, non_trainable, strict=True)
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            self.method.after_train_step(self.student)
+        updated = [
+            scope.get_current_value(v) for v in self.non_trainable_variables
+        ]
+        non_trainable = [
+            value if new is None else new
+            for new, value in zip(updated, non_trainable, strict=True)
+        ]
+        return trainable, non_trainable, optimizer_state, metrics
 
-        The gradients of the replicas are summed, so each replica
-        differentiates its examples' summed loss divided by the global batch
-        size (all-reduced: the last batch may split unevenly), plus its
-        share of the batch-independent terms.
-        """
-        replicas = self.distribute_strategy.num_replicas_in_sync
-        if replicas == 1:
-            return loss
-        context = tf.distribute.get_replica_context()
-        global_batch_size = context.all_reduce("sum", batch_size)
-        return (
-            example_sum / ops.maximum(global_batch_size, 1.0)
-            + penalty / replicas
-        )
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        labels, outputs, terms, loss, _ = self._forward_and_loss(
-            x, y, sample_weight, training=False
-        )
-        return self._update_metrics(labels, outputs, terms, loss, sample_weight)
-
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        outputs = self(x, training=False)
-        return {k: outputs[k] for k in LOGIT_KEYS if k in outputs}
+    def predict_step(self, *args):
+        """Keras' own step, keeping the logits (branches and ensemble)."""
+        if keras.backend.backend() == "jax":
+            outputs, state = super().predict_step(*args)
+            return _logits_only(outputs), state
+        return _logits_only(super().predict_step(*args))
 
     # === Metrics ===
 
-    def compile(self, optimizer="rmsprop", metrics=None, loss=None, **kwargs):
+    def compile(
+        self,
+        optimizer="rmsprop",
+        metrics=None,
+        loss=None,
+        weighted_metrics=None,
+        **kwargs,
+    ):
         """Configures training; the method supplies the loss.
 
         Args:
@@ -382,6 +422,8 @@ class Distiller(keras.Model):
                 as names or `keras.metrics.Metric` objects. Defaults to
                 `["accuracy"]` (sparse categorical accuracy).
             loss: not accepted: the method defines the loss.
+            weighted_metrics: not accepted: every metric of `metrics` is
+                weighted by `sample_weight` when one is given.
             **kwargs: other `keras.Model.compile` arguments
                 (`jit_compile`, `steps_per_execution`, `run_eagerly`, ...).
         """
@@ -390,27 +432,35 @@ class Distiller(keras.Model):
                 "Distiller.compile() takes no `loss`: the method defines it. "
                 "Pass the method's options to its constructor instead."
             )
-        super().compile(optimizer=optimizer, **kwargs)
-        self._compiled_metric_ids = list(metrics or ["accuracy"])
-        self._loss_tracker = keras.metrics.Mean(name="loss")
+        if weighted_metrics is not None:
+            raise ValueError(
+                "Distiller.compile() takes no `weighted_metrics`: the "
+                "`metrics` are weighted by `sample_weight` when fit or "
+                "evaluate gets one. Pass them as `metrics`."
+            )
+        ids = list(metrics or ["accuracy"])
+        prefixes = [f"branch_{i}_" for i in range(self.num_branches)]
+        prefixes = [""] if self.num_branches == 1 else [*prefixes, "ensemble_"]
+        # Keras' own compiled metrics (weighted by `sample_weight`), one
+        # list per output, named `branch_0_accuracy`, ...,
+        # `ensemble_accuracy`: callbacks find them by these names, so
+        # `EarlyStopping("val_ensemble_accuracy")` knows to maximize it.
+        super().compile(
+            optimizer=optimizer,
+            weighted_metrics=[
+                [_make_metric(m, prefix) for m in ids] for prefix in prefixes
+            ],
+            **kwargs,
+        )
+        self._compiled_metric_ids = ids
         self._term_trackers = [
             keras.metrics.Mean(name=name) for name in self.method.loss_names
         ]
-        prefixes = [f"branch_{i}_" for i in range(self.num_branches)]
-        if self.num_branches == 1:
-            prefixes = [""]
-        else:
-            prefixes.append("ensemble_")
-        self._output_metrics = [
-            _OutputMetrics(
-                [_make_metric(m, prefix) for m in self._compiled_metric_ids],
-                name=f"{prefix or 'output_'}metrics",
-            )
-            for prefix in prefixes
-        ]
 
     def get_compile_config(self):
-        config = super().get_compile_config() or {}
+        config = dict(super().get_compile_config() or {})
+        for key in ("loss", "loss_weights", "weighted_metrics", "metrics"):
+            config.pop(key, None)
         if self._compiled_metric_ids is not None:
             config["metrics"] = [
                 m
@@ -427,127 +477,80 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
+        """Keras' `loss` and compiled metrics, then each method term."""
+        metrics = super().metrics
         if self._compiled_metric_ids is None:
-            return []
-        return [self._loss_tracker, *self._term_trackers, *self._output_metrics]
+            return metrics
+        return [
+            *metrics,
+            *(m for m in self._term_trackers if m not in metrics),
+        ]
 
-    def _update_metrics(self, labels, outputs, terms, loss, sample_weight):
-        batch_size = ops.shape(labels)[0]
-        self._loss_tracker.update_state(loss, sample_weight=batch_size)
-        for tracker in self._term_trackers:
-            tracker.update_state(terms[tracker.name], sample_weight=batch_size)
-        predictions = list(outputs["branch_logits"])
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates each output's metrics; returns every metric's value."""
+        labels, _ = self._labels(y)
+        predictions = list(y_pred["branch_logits"])
         if len(predictions) > 1:
-            if "ensemble_logits" in outputs:
-                predictions.append(outputs["ensemble_logits"])
+            if "ensemble_logits" in y_pred:
+                predictions.append(y_pred["ensemble_logits"])
             else:
                 predictions.append(ops.mean(ops.stack(predictions), axis=0))
-        for group, logits in zip(
-            self._output_metrics, predictions, strict=True
-        ):
-            group.update_state(labels, logits, sample_weight=sample_weight)
-        results = self.get_metrics_result()
-        if _is_multi_worker(self.distribute_strategy):
-            # Keras reduces the step's logs across workers with
-            # `strategy.reduce("MEAN", value, axis=0)`, which needs a batch
-            # axis: scalar logs fail (keras-team/keras#20585). A (1,) value
-            # per replica reduces to the scalar mean over the replicas.
-            results = {
-                name: ops.reshape(value, (1,))
-                for name, value in results.items()
-            }
-        return results
+        y, y_pred = [labels] * len(predictions), predictions
+        logs = super().compute_metrics(x, y, y_pred, sample_weight)
+        return multi_worker_logs(self._distribute_strategy_or_none(), logs)
+
+    def _distribute_strategy_or_none(self):
+        if keras.backend.backend() != "tensorflow":
+            return None
+        return self.distribute_strategy
 
     # === Training loop ===
 
     def fit(self, *args, callbacks=None, **kwargs):
         callbacks = list(callbacks or [])
         callbacks += [
-            _ResumeWithinEpoch(callback)
+            ResumeWithinEpoch(callback)
             for callback in callbacks
             if isinstance(callback, keras.callbacks.BackupAndRestore)
         ]
         callbacks += [
-            _EpochCounter(),
+            _EpochLength(),
             _NonFiniteLossGuard(self.method.loss_names),
         ]
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        with self._synchronized_batch_norm():
+            return super().fit(*args, callbacks=callbacks, **kwargs)
 
-    def make_train_function(self, force=False):
-        """Wraps Keras' train function: batch skipping and synchronized BN.
+    def evaluate(self, *args, **kwargs):
+        with self._synchronized_batch_norm():
+            return super().evaluate(*args, **kwargs)
 
-        The wrapper runs in Python around each compiled call. It lets a run
-        restored by `BackupAndRestore` skip the batches its backup had
-        already trained, and, with `synchronized_batch_norm`, has the
-        BatchNormalization layers read `synchronized=True` while the step
-        is traced (the flag is set around the call, not per replica, and
-        restored after it, so saved configurations never carry it).
+    def train_on_batch(self, *args, **kwargs):
+        self._check_schedule_inputs()
+        return super().train_on_batch(*args, **kwargs)
+
+    def _synchronized_batch_norm(self):
+        """Has the BatchNormalization layers use global-batch statistics.
+
+        Sets Keras' own `synchronized=True` on them for the duration of the
+        call (TensorFlow backend, more than one replica), and restores it
+        after, so saved configurations keep the user's setting (a
+        checkpoint written during `fit` carries `synchronized=True`).
         """
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force=force)
-        run_steps = self.train_function
-
-        def train_function(iterator):
-            if self._batches_to_skip > 0:
-                return self._skip_batches(iterator)
-            layers = self._batch_norm_layers_to_synchronize()
-            for layer in layers:
-                layer.synchronized = True
-            try:
-                return run_steps(iterator)
-            finally:
-                for layer in layers:
-                    layer.synchronized = False
-
-        self.train_function = train_function
-        return train_function
+        return _TemporaryAttribute(self._batch_norm_layers_to_synchronize())
 
     def _batch_norm_layers_to_synchronize(self):
         if (
             not self.synchronized_batch_norm
+            or keras.backend.backend() != "tensorflow"
             or self.distribute_strategy.num_replicas_in_sync == 1
         ):
             return []
         return [
             layer
-            for layer in self._flatten_layers()
+            for layer in _all_layers(self)
             if isinstance(layer, keras.layers.BatchNormalization)
             and not layer.synchronized
         ]
-
-    def _skip_batches(self, iterator):
-        """Consumes one call's batches without training on them."""
-        for _ in range(min(self.steps_per_execution, self._batches_to_skip)):
-            self._batches_to_skip -= 1
-            next(iterator)
-        return self.get_metrics_result()
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Builds the Distiller before `fit`/`evaluate` under a strategy.
-
-        Overrides a hook of Keras' TensorFlow trainer. Under a strategy Keras
-        peeks at one batch and reduces it across replicas just to learn its
-        shapes; with `MultiWorkerMirroredStrategy` on two or more workers
-        that reduction fails before the first step (keras-team/keras#20585).
-        A Distiller built from a functional student needs no data to build;
-        otherwise the first local replica's share of the batch gives the
-        shapes without any communication.
-        """
-        strategy = self._distribute_strategy
-        if strategy is None or iterator is None:
-            return super()._maybe_symbolic_build(
-                iterator=iterator, data_batch=data_batch
-            )
-        if not all(layer.built for layer in self._flatten_layers()):
-            for _, _, batches in iterator:
-                data_batch = keras.tree.map_structure(
-                    lambda value: _first_local_value(strategy, value),
-                    next(batches),
-                )
-                break
-        with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
 
     # === Export ===
 
@@ -613,19 +616,40 @@ class Distiller(keras.Model):
         return cls(**config)
 
 
-def _is_multi_worker(strategy):
-    """Whether `strategy` is a MultiWorkerMirroredStrategy over 2+ workers."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
-    return len(cluster.get("chief", [])) + len(cluster.get("worker", [])) > 1
+class _TemporaryAttribute:
+    """Sets `synchronized = True` on `layers` inside a `with` block."""
+
+    def __init__(self, layers):
+        self.layers = layers
+
+    def __enter__(self):
+        for layer in self.layers:
+            layer.synchronized = True
+
+    def __exit__(self, *exc_info):
+        for layer in self.layers:
+            layer.synchronized = False
 
 
-def _first_local_value(strategy, value):
-    """The first local replica's part of a distributed value (else value)."""
-    if isinstance(value, tf.distribute.DistributedValues):
-        return strategy.experimental_local_results(value)[0]
-    return value
+def _logits_only(outputs):
+    return {k: outputs[k] for k in LOGIT_KEYS if k in outputs}
+
+
+def _all_layers(layer):
+    """`layer` and every layer nested in it, through public attributes."""
+    seen = set()
+    stack = [layer]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        children = list(layer.layers) if isinstance(layer, keras.Model) else []
+        for value in vars(layer).values():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            children += [v for v in values if isinstance(v, keras.Layer)]
+        stack.extend(children)
 
 
 def _make_metric(identifier, prefix):

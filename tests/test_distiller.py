@@ -18,12 +18,12 @@ def compiled(student, lr=0.05, **kwargs):
     return distiller
 
 
-def one_loss(distiller, x, y, training):
+def one_loss(distiller, x, y, training, epoch=None):
     """ONE's loss per example, from the student's outputs."""
     outputs = distiller.student(x, training=training)
-    terms = distiller.method.compute_losses(
-        y, outputs, float(distiller.current_epoch)
-    )
+    if epoch is None:
+        epoch = float(distiller.current_epoch)
+    terms = distiller.method.compute_losses(y, outputs, epoch)
     return sum(np.asarray(t) for t in terms.values()), outputs
 
 
@@ -75,7 +75,7 @@ def test_training_logs_are_exact_aggregates(make_student, tiny_data):
     )
     regularization = float(sum(distiller.student.losses))
     batches = [
-        one_loss(distiller, x[i : i + 40], y[i : i + 40], training=True)[0]
+        one_loss(distiller, x[i : i + 40], y[i : i + 40], True, epoch=0)[0]
         for i in range(0, 96, 40)
     ]
     expected = np.concatenate(batches).mean() + regularization
@@ -123,11 +123,35 @@ def test_callbacks_and_predict(make_student, tiny_data):
     assert np.shape(predictions["branch_logits"]) == (3, 5, 4)
 
 
-def test_current_epoch_follows_fit(make_student, tiny_data):
+def test_current_epoch_follows_the_step_count(make_student, tiny_data):
     x, y = tiny_data
     distiller = compiled(make_student(num_branches=2))
-    distiller.fit(x, y, epochs=3, verbose=0)
-    assert float(distiller.current_epoch) == 2.0
+    distiller.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    # 96 examples: 3 steps an epoch; 9 steps done, the next is in epoch 3.
+    assert distiller.steps_per_epoch == 3
+    assert float(distiller.current_epoch) == 3.0
+
+
+def test_fit_and_train_on_batch_train_identically(make_student, tiny_data):
+    """The ramp-up follows the optimizer's steps, not fit's epoch counter."""
+    x, y = tiny_data
+
+    def fresh():
+        keras.utils.set_random_seed(5)
+        return compiled(make_student(num_branches=2))
+
+    by_fit = fresh()
+    by_fit.fit(x, y, epochs=3, batch_size=48, shuffle=False, verbose=0)
+    by_batch = fresh()
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        by_batch.train_on_batch(x[:48], y[:48])
+    by_batch.steps_per_epoch = 2
+    for _ in range(3):
+        for i in (0, 48):
+            by_batch.train_on_batch(x[i : i + 48], y[i : i + 48])
+    assert float(by_batch.current_epoch) == 3.0
+    for a, b in zip(by_fit.get_weights(), by_batch.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_save_load_and_resume(make_student, tiny_data, tmp_path):
@@ -146,7 +170,7 @@ def test_save_load_and_resume(make_student, tiny_data, tmp_path):
     resumed = keras.saving.load_model(
         tmp_path / "distiller.keras", safe_mode=True
     )
-    assert float(resumed.current_epoch) == 1.0
+    assert float(resumed.current_epoch) == 2.0
     resumed.fit(x, y, epochs=3, initial_epoch=2, **fit)
     for a, b in zip(straight.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
