@@ -21,8 +21,9 @@ Reduced protocol for a 2-core CPU (about 15 minutes per run):
         --train-examples 2500 --epochs 80 --seeds 0 1 2 \
         --methods baseline one --output results/accuracy.json
 
-The paper's protocol on a GPU (ResNet-32, full CIFAR-10, 300 epochs, ONE's
-schedule reads `--rampup-fraction 0.27`, i.e. 80 of 300 epochs):
+The paper's protocol on a GPU (ResNet-32, full CIFAR-10, 300 epochs; each
+method ramps its distillation weight up over the fraction of the epochs of
+its paper, `info.rampup_fraction`: ONE's 80 of 300 epochs):
 
     python bench/accuracy.py --data cifar10 --model resnet32 --epochs 300 \
         --weight-decay 1e-4 --seeds 0 1 2 --methods baseline one
@@ -55,7 +56,6 @@ the same; runs already in the file are kept):
 """
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -103,9 +103,10 @@ def build_parser():
     parser.add_argument(
         "--rampup-fraction",
         type=float,
-        default=0.27,
+        default=None,
         help="ramp-up of the distillation weight as a fraction of the "
-        "epochs (ONE: 80 of 300)",
+        "epochs, for the methods that ramp up (default: each method's "
+        "own, from its paper: ONE's 80 of 300 epochs)",
     )
     parser.add_argument(
         "--teacher-model",
@@ -217,33 +218,48 @@ def teacher_count(name, args):
     """How many pre-trained teachers method `name` takes (0: none)."""
     from keras_one import methods
 
-    parameters = inspect.signature(methods.get(name).__init__).parameters
-    if "teachers" in parameters:
-        return args.branches
-    return 1 if "teacher" in parameters else 0
+    kind = methods.get(name).info.teachers
+    return {"none": 0, "one": 1, "per_branch": args.branches}[kind]
 
 
-# Ramped up although their papers have none: without a ramp-up, SOKD
-# diverges in its first steps on this recipe (SGD 0.1, no warm-up). Its
-# bridge, a fresh ResNet stage, learns from three terms at full weight; the
-# loss of the labels alone trains it stably, and with the teacher's and the
-# student's terms added its logits blow up within 3 steps, at T = 4 and at
-# T = 1 (the official code gives the bridge half the learning rate).
+# Ramped up (as ONE) although their papers have none: without a ramp-up,
+# SOKD diverges in its first steps on this recipe (SGD 0.1, no warm-up).
+# Its bridge, a fresh ResNet stage, learns from three terms at full weight;
+# the loss of the labels alone trains it stably, and with the teacher's and
+# the student's terms added its logits blow up within 3 steps, at T = 4 and
+# at T = 1 (the official code gives the bridge half the learning rate).
 RAMP_UP_TOO = ("sokd",)
+
+
+def rampup_fraction(name, args):
+    """The ramp-up of method `name` here, as a fraction of the epochs.
+
+    The method's own (`info.rampup_fraction`; ONE's for `RAMP_UP_TOO`),
+    replaced by `--rampup-fraction` if given; 0 for the methods that do
+    not ramp up.
+    """
+    from keras_one import methods
+
+    fraction = methods.get(name).info.rampup_fraction
+    if name in RAMP_UP_TOO:
+        fraction = fraction or methods.ONE.info.rampup_fraction
+    if fraction and args.rampup_fraction is not None:
+        fraction = args.rampup_fraction
+    return fraction
 
 
 def _make_method(name, args, teachers=()):
     from keras_one import methods
 
     method_class = methods.get(name)
-    parameters = inspect.signature(method_class.__init__).parameters
     kwargs = {}
-    if "teachers" in parameters:
+    if method_class.info.teachers == "per_branch":
         kwargs["teachers"] = list(teachers)
-    elif "teacher" in parameters:
+    elif method_class.info.teachers == "one":
         kwargs["teacher"] = teachers[0]
-    if "rampup_epochs" in parameters or name in RAMP_UP_TOO:
-        kwargs["rampup_epochs"] = round(args.rampup_fraction * args.epochs)
+    kwargs["rampup_epochs"] = methods.rampup_epochs(
+        method_class, args.epochs, rampup_fraction(name, args)
+    )
     return method_class(**kwargs)
 
 

@@ -54,25 +54,21 @@ def build_step(method_name, jit_compile, args, images, labels):
 
     keras.utils.set_random_seed(0)
     method_class = methods.get(method_name)
-    if method_name in ("kd", "sokd"):
-        teacher = models.get(args.model)(
+    info = method_class.info
+    count = {"none": 0, "one": 1, "per_branch": info.branches}[info.teachers]
+    teachers = [
+        models.get(args.model)(
             num_classes=args.num_classes,
             input_shape=images.shape[1:],
             num_branches=1,
+            name=f"teacher_{i}",
         )
-        method = method_class(teacher)
-    elif method_name == "ekd":
-        method = method_class(
-            [
-                models.get(args.model)(
-                    num_classes=args.num_classes,
-                    input_shape=images.shape[1:],
-                    num_branches=1,
-                    name=f"teacher_{i}",
-                )
-                for i in range(2)
-            ]
-        )
+        for i in range(count)
+    ]
+    if info.teachers == "one":
+        method = method_class(teacher=teachers[0])
+    elif info.teachers == "per_branch":
+        method = method_class(teachers=teachers)
     else:
         method = method_class()
     student = method.build_student(

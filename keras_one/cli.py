@@ -1,7 +1,6 @@
 """The `keras-one` command: train, evaluate and export distilled networks."""
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -120,8 +119,9 @@ def build_parser():
     train.add_argument(
         "--rampup-epochs",
         type=int,
-        help="epochs of the distillation weight ramp-up (default: 27%% of "
-        "--epochs, as ONE's 80 of 300)",
+        help="epochs of the distillation weight ramp-up (default: the "
+        "method's fraction of --epochs from its paper, e.g. ONE's 80 of 300; "
+        "0 for methods without a ramp-up)",
     )
     train.add_argument(
         "--teacher",
@@ -241,24 +241,23 @@ def _make_method(args):
     from keras_one import methods
 
     method_class = methods.get(args.method)
-    parameters = inspect.signature(method_class.__init__).parameters
     kwargs = {}
     if args.temperature is not None:
         kwargs["temperature"] = args.temperature
-    if "rampup_epochs" in parameters:
-        rampup = args.rampup_epochs
-        if rampup is None:
-            rampup = round(0.27 * args.epochs)
-        kwargs["rampup_epochs"] = rampup
+    kwargs["rampup_epochs"] = (
+        methods.rampup_epochs(method_class, args.epochs)
+        if args.rampup_epochs is None
+        else args.rampup_epochs
+    )
     teachers = [keras.saving.load_model(p) for p in args.teacher or []]
-    if "teacher" in parameters:
+    if method_class.info.teachers == "one":
         if len(teachers) != 1:
             raise SystemExit(
                 f"keras-one: error: --method {args.method} needs exactly one "
                 "pre-trained --teacher PATH.keras"
             )
         kwargs["teacher"] = teachers[0]
-    elif "teachers" in parameters:
+    elif method_class.info.teachers == "per_branch":
         if not teachers:
             raise SystemExit(
                 f"keras-one: error: --method {args.method} needs pre-trained "

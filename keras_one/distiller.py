@@ -17,6 +17,7 @@ from keras import ops
 from keras_one import export
 from keras_one.keras_workarounds import KerasWorkarounds
 from keras_one.keras_workarounds import ResumeWithinEpoch
+from keras_one.keras_workarounds import clear_torch_gradients
 from keras_one.keras_workarounds import multi_worker_logs
 from keras_one.methods.method import Method
 from keras_one.student_outputs import LOGIT_KEYS
@@ -186,6 +187,13 @@ class Distiller(KerasWorkarounds, keras.Model):
             name="steps_per_epoch",
             aggregation="only_first_replica",
         )
+        self._train_steps = keras.Variable(
+            0,
+            dtype="int32",
+            trainable=False,
+            name="train_steps",
+            aggregation="only_first_replica",
+        )
         self._updates_after_step = (
             type(method).after_train_step is not Method.after_train_step
         )
@@ -199,6 +207,7 @@ class Distiller(KerasWorkarounds, keras.Model):
         outputs = normalize_outputs(raw_outputs)
         check_logits(outputs)
         self.method.check_outputs(outputs)
+        self.method.build_state(self.student)
         self.num_branches = len(outputs["branch_logits"])
         self.num_classes = outputs["branch_logits"][0].shape[-1]
         self.method(inputs, outputs)
@@ -233,10 +242,16 @@ class Distiller(KerasWorkarounds, keras.Model):
 
     @property
     def current_epoch(self):
-        """The epoch the method's schedules are at (a float tensor)."""
-        if self.optimizer is None:
-            return ops.zeros((), "float32")
-        steps = ops.cast(self.optimizer.iterations, "float32")
+        """The epoch the method's schedules are at (a float tensor).
+
+        `floor(training steps taken / steps_per_epoch)`: the Distiller
+        counts its training steps in a variable of its own (the optimizer's
+        `iterations` is not visible inside a JAX step), saved with it.
+        """
+        return self._epoch_of(self._train_steps)
+
+    def _epoch_of(self, steps):
+        steps = ops.cast(steps, "float32")
         return ops.floor(steps / ops.maximum(self._steps_per_epoch, 1.0))
 
     def _check_schedule_inputs(self):
@@ -306,7 +321,10 @@ class Distiller(KerasWorkarounds, keras.Model):
         labels, valid = self._labels(y)
         outputs = dict(y_pred)
         outputs.update(self.method(x, outputs, training=training))
-        terms = self.method.compute_losses(labels, outputs, self.current_epoch)
+        epoch = self.current_epoch
+        if training:
+            self._train_steps.assign_add(1)
+        terms = self.method.compute_losses(labels, outputs, epoch)
         if set(terms) != set(self.method.loss_names):
             raise ValueError(
                 f"{type(self.method).__name__}.compute_losses returned "
@@ -335,7 +353,8 @@ class Distiller(KerasWorkarounds, keras.Model):
                 penalty = penalty + value
             terms[name] = value
         if self.losses:
-            penalty = penalty + ops.cast(ops.sum(self.losses), "float32")
+            for value in self.losses:
+                penalty = penalty + ops.cast(value, "float32")
         if keras.backend.backend() != "tensorflow":
             poison = ops.where(ops.all(valid), 0.0, float("nan"))
             penalty = penalty + ops.cast(poison, "float32")
@@ -377,6 +396,8 @@ class Distiller(KerasWorkarounds, keras.Model):
             if self._updates_after_step:
                 state = self._stateless_after_step(state)
             return logs, state
+        if keras.backend.backend() == "torch":
+            clear_torch_gradients(self.trainable_variables)
         logs = super().train_step(*args)
         if self._updates_after_step:
             self.method.after_train_step(self.student)
@@ -453,6 +474,12 @@ class Distiller(KerasWorkarounds, keras.Model):
             **kwargs,
         )
         self._compiled_metric_ids = ids
+        self._nested_metric_ids = {
+            id(metric)
+            for layer in _all_layers(self)
+            if layer is not self and isinstance(layer, keras.Model)
+            for metric in layer.metrics
+        }
         self._term_trackers = [
             keras.metrics.Mean(name=name) for name in self.method.loss_names
         ]
@@ -477,10 +504,16 @@ class Distiller(KerasWorkarounds, keras.Model):
 
     @property
     def metrics(self):
-        """Keras' `loss` and compiled metrics, then each method term."""
-        metrics = super().metrics
+        """Keras' `loss` and compiled metrics, then each method term.
+
+        The metrics of compiled models inside the Distiller (a teacher
+        trained with `fit` before) are not the Distiller's: left out.
+        """
         if self._compiled_metric_ids is None:
-            return metrics
+            return super().metrics
+        metrics = [
+            m for m in super().metrics if id(m) not in self._nested_metric_ids
+        ]
         return [
             *metrics,
             *(m for m in self._term_trackers if m not in metrics),

@@ -161,7 +161,8 @@ def train_distiller(
         method: a `keras_one.methods.Method` instance.
         model: a name for `keras_one.models.get`, e.g. `"resnet20"`.
         num_branches: number of branches of the student; `None` for the
-            method's default (3 for ONE, 2 for DML and FFL, ...).
+            method's default, `method.info.branches` (3 for ONE, 2 for DML
+            and FFL, ...).
         The other arguments are those of `train_baseline`.
 
     Returns:
@@ -170,13 +171,12 @@ def train_distiller(
         (`ensemble_accuracy`), the epoch `history` and `train_seconds`.
     """
     num_classes, input_shape = _classes_and_shape(info)
-    branches = {} if num_branches is None else {"num_branches": num_branches}
     student = method.build_student(
         model,
         num_classes=num_classes,
         input_shape=input_shape,
+        num_branches=num_branches or method.info.branches,
         weight_decay=weight_decay,
-        **branches,
     )
     distiller = Distiller(student, method)
     distiller.compile(

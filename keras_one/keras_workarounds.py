@@ -26,8 +26,19 @@ what it fixes, and has a test that fails without it
    again ends as an uninterrupted one (given an input order that depends
    only on the epoch).
 
-Both apply to the TensorFlow backend only; on JAX and PyTorch the mixin adds
-nothing and `fit` is Keras' own.
+3. PyTorch backend (Keras 3.15.1): a layer registers its variables with
+   torch in a dict keyed by `variable.path` (keras/src/backend/torch/
+   layer.py, `torch_params`), so of several variables with one path (the
+   branches of a multi-branch student, copies with the same layer names)
+   only one is registered. `Model.zero_grad()`, which Keras' torch
+   `train_step` calls, then misses the others: their gradients add up
+   across steps and every step after the first trains them wrongly, with
+   no error. Related upstream: keras-team/keras#19908 (torch parameter
+   registration). `clear_torch_gradients` clears every trainable
+   variable's gradient before each step.
+
+1 and 2 apply to the TensorFlow backend only, 3 to PyTorch only; on JAX
+`fit` is Keras' own.
 """
 
 import json
@@ -98,6 +109,12 @@ class ResumeWithinEpoch(keras.callbacks.Callback):
         self.model._keras_one_batches_to_skip = 0
 
 
+def clear_torch_gradients(variables):
+    """Defect 3: drops the gradient of every variable (PyTorch backend)."""
+    for variable in variables:
+        variable.value.grad = None
+
+
 def _first_local_value(strategy, value):
     """The first local replica's part of a distributed value (else value)."""
     tf = _tensorflow()
@@ -124,7 +141,7 @@ if keras.backend.backend() == "tensorflow":
                     for _ in range(min(self.steps_per_execution, skip)):
                         self._keras_one_batches_to_skip -= 1
                         next(iterator)
-                    return self.get_metrics_result()
+                    return {}
                 return run_steps(iterator)
 
             self.train_function = train_function

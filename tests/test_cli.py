@@ -112,3 +112,38 @@ def test_bad_flags(argv, message, capsys):
         cli.main(argv)
     assert exit_info.value.code == 2 or message in str(exit_info.value)
     assert message in capsys.readouterr().err + str(exit_info.value)
+
+
+@pytest.mark.parametrize(
+    "argv, rampup_epochs",
+    [
+        (["--method", "one", "--epochs", "300"], 80),  # ONE's 80 of 300
+        (["--method", "one", "--epochs", "30"], 8),
+        (["--method", "ffl", "--epochs", "80"], 21),
+        (["--method", "dml", "--epochs", "30"], 0),  # no ramp-up in DML
+        (["--method", "okddip", "--rampup-epochs", "5"], 5),
+        (["--method", "cl_ilr", "--rampup-epochs", "5"], 5),
+    ],
+)
+def test_the_ramp_up_is_the_methods_unless_given(argv, rampup_epochs):
+    args = cli.build_parser().parse_args(["train", *argv])
+    assert cli._make_method(args).rampup_epochs == rampup_epochs
+
+
+def test_teachers_are_asked_for_as_the_method_describes(tmp_path):
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit, match="needs exactly one"):
+        cli._make_method(parser.parse_args(["train", "--method", "sokd"]))
+    with pytest.raises(SystemExit, match="once per branch"):
+        cli._make_method(parser.parse_args(["train", "--method", "ekd"]))
+    teacher = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(4)]
+    )
+    path = str(tmp_path / "teacher.keras")
+    teacher.save(path)
+    args = parser.parse_args(["train", "--method", "one", "--teacher", path])
+    with pytest.raises(SystemExit, match="takes no --teacher"):
+        cli._make_method(args)
+    args = parser.parse_args(["train", "--method", "kd", "--teacher", path])
+    method = cli._make_method(args)
+    assert len(method.teachers) == 1 and method.rampup_epochs == 0

@@ -1,43 +1,27 @@
-"""Distillation methods: what the student outputs and how they make the loss."""
+"""Distillation methods: what the student outputs and how they make the loss.
 
-from keras_one.methods.cl_ilr import CLILR
-from keras_one.methods.dml import DML
-from keras_one.methods.ekd import EKD
-from keras_one.methods.ffl import FFL
-from keras_one.methods.kd import KD
-from keras_one.methods.mde import MDE
+Every module of this package is imported here, and every method class
+registers itself under its `info.name` when it is defined, so adding a
+method is adding a module: `get(name)`, `names()` and the attribute
+`keras_one.methods.<ClassName>` find it.
+"""
+
+import importlib
+import pkgutil
+
 from keras_one.methods.method import Method
-from keras_one.methods.oec import OEC
-from keras_one.methods.okddip import OKDDip
-from keras_one.methods.one import ONE
-from keras_one.methods.sokd import SOKD
+from keras_one.methods.method_info import MethodInfo
+from keras_one.methods.method_info import rampup_epochs
+from keras_one.methods.registry import get
+from keras_one.methods.registry import names
 
-_METHODS = {"one": ONE}
-_METHODS["dml"] = DML
-_METHODS["cl_ilr"] = CLILR
-_METHODS["okddip"] = OKDDip
-_METHODS["ffl"] = FFL
-_METHODS["mde"] = MDE
-_METHODS["kd"] = KD
-_METHODS["ekd"] = EKD
-_METHODS["sokd"] = SOKD
-_METHODS["oec"] = OEC
+for _module in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
+    importlib.import_module(_module.name)
+del _module
 
+globals().update({get(name).__name__: get(name) for name in names()})
 
-def get(name):
-    """Returns the method class registered under `name` (case-insensitive).
-
-    Raises:
-        ValueError: for an unknown name, listing the known ones.
-    """
-    key = str(name).lower().replace("-", "_")
-    if key not in _METHODS:
-        raise ValueError(
-            f"Unknown method {name!r}. Known methods: {sorted(_METHODS)}."
-        )
-    return _METHODS[key]
-
-
-def names():
-    """The names `get` accepts."""
-    return sorted(_METHODS)
+__all__ = sorted(
+    ["Method", "MethodInfo", "get", "names", "rampup_epochs"]
+    + [get(name).__name__ for name in names()]
+)

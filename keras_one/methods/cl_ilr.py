@@ -5,6 +5,7 @@ from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
 from keras_one.methods.method import Method
+from keras_one.methods.method_info import MethodInfo
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -50,9 +51,9 @@ class CLILR(Method):
     >>> distiller = keras_one.Distiller(student, method)
     """
 
+    info = MethodInfo(name="cl_ilr", branches=3)
     loss_names = ("ce", "kl")
     required_outputs = ("branch_logits",)
-    head = None
 
     def __init__(
         self,
@@ -76,7 +77,7 @@ class CLILR(Method):
         model="resnet32",
         num_classes=10,
         input_shape=(32, 32, 3),
-        num_branches=3,
+        num_branches=None,
         **model_kwargs,
     ):
         """Builds a multi-branch network with ILR's gradient rescaling.

@@ -4,6 +4,7 @@ from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
 from keras_one.methods.method import Method
+from keras_one.methods.method_info import MethodInfo
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -47,35 +48,13 @@ class DML(Method):
     >>> distiller = keras_one.Distiller(student, method)
     """
 
+    info = MethodInfo(name="dml", branches=2, student="independent")
     loss_names = ("ce", "kl")
     required_outputs = ("branch_logits",)
-    head = None
 
     def __init__(self, temperature=1.0, rampup_epochs=0, **kwargs):
         super().__init__(
             temperature=temperature, rampup_epochs=rampup_epochs, **kwargs
-        )
-
-    def build_student(
-        self,
-        model="resnet32",
-        num_classes=10,
-        input_shape=(32, 32, 3),
-        num_branches=2,
-        **model_kwargs,
-    ):
-        """Builds `num_branches` independent networks (default 2).
-
-        Same arguments as `Method.build_student`; the networks share no
-        layer (`branch_stage=0`).
-        """
-        model_kwargs.setdefault("branch_stage", 0)
-        return super().build_student(
-            model,
-            num_classes=num_classes,
-            input_shape=input_shape,
-            num_branches=num_branches,
-            **model_kwargs,
         )
 
     def compute_losses(self, labels, outputs, epoch):

@@ -6,6 +6,7 @@ from keras import ops
 from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
+from keras_one.methods.method_info import MethodInfo
 from keras_one.methods.teacher_method import TeacherMethod
 from keras_one.methods.teacher_method import select_logits
 
@@ -70,9 +71,10 @@ class EKD(TeacherMethod):
     >>> distiller = keras_one.Distiller(student, method)
     """
 
+    info = MethodInfo(
+        name="ekd", branches=2, head="mean", teachers="per_branch"
+    )
     required_outputs = ("branch_logits", "ensemble_logits")
-    head = "mean"
-    min_branches = 2
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
 from keras_one.methods._head_check import warn_unless_from
 from keras_one.methods.method import Method
+from keras_one.methods.method_info import MethodInfo
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -51,34 +52,18 @@ class FFL(Method):
     >>> distiller = keras_one.Distiller(student, method)
     """
 
+    info = MethodInfo(
+        name="ffl",
+        branches=2,
+        head="fusion_classifier",
+        rampup_fraction=80 / 300,
+    )
     loss_names = ("ce", "ensemble_ce", "kl", "fusion_kl")
     required_outputs = ("branch_logits", "ensemble_logits")
-    head = "fusion_classifier"
 
     def __init__(self, temperature=3.0, rampup_epochs=80, **kwargs):
         super().__init__(
             temperature=temperature, rampup_epochs=rampup_epochs, **kwargs
-        )
-
-    def build_student(
-        self,
-        model="resnet32",
-        num_classes=10,
-        input_shape=(32, 32, 3),
-        num_branches=2,
-        **model_kwargs,
-    ):
-        """Builds a two-branch network with the fusion classifier.
-
-        Same arguments as `Method.build_student` (`num_branches` defaults
-        to 2, the paper's).
-        """
-        return super().build_student(
-            model,
-            num_classes=num_classes,
-            input_shape=input_shape,
-            num_branches=num_branches,
-            **model_kwargs,
         )
 
     def check_outputs(self, outputs):

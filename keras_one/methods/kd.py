@@ -6,6 +6,7 @@ from keras import ops
 from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
+from keras_one.methods.method_info import MethodInfo
 from keras_one.methods.teacher_method import TeacherMethod
 
 
@@ -72,6 +73,9 @@ class KD(TeacherMethod):
     >>> distiller = keras_one.Distiller(student, KD(teacher))
     """
 
+    info = MethodInfo(
+        name="kd", branches=1, min_branches=1, student="single", teachers="one"
+    )
     loss_names = ("ce", "kl")
 
     def __init__(
@@ -101,27 +105,6 @@ class KD(TeacherMethod):
     def teacher(self):
         """The frozen teacher."""
         return self.teachers[0]
-
-    def build_student(
-        self,
-        model="resnet32",
-        num_classes=10,
-        input_shape=(32, 32, 3),
-        num_branches=1,
-        **model_kwargs,
-    ):
-        """Builds a single-branch student (a plain classifier).
-
-        `num_branches` is ignored: KD trains one network. See
-        `Method.build_student` for the other arguments.
-        """
-        return super().build_student(
-            model,
-            num_classes=num_classes,
-            input_shape=input_shape,
-            num_branches=1,
-            **model_kwargs,
-        )
 
     def call(self, inputs, outputs, training=None):
         return {"teacher_logits": self.teacher_logits(0, inputs)}

@@ -7,6 +7,7 @@ from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
 from keras_one.methods._head_check import warn_unless_from
 from keras_one.methods.method import Method
+from keras_one.methods.method_info import MethodInfo
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -59,9 +60,14 @@ class MDE(Method):
     >>> distiller = keras_one.Distiller(student, method)
     """
 
+    info = MethodInfo(
+        name="mde",
+        branches=3,
+        head="feature_fusion",
+        rampup_fraction=80 / 300,
+    )
     loss_names = ("ce", "ensemble_ce", "kl", "diversity")
     required_outputs = ("branch_logits", "ensemble_logits")
-    head = "feature_fusion"
 
     def __init__(
         self, diversity_weight=1.0, temperature=3.0, rampup_epochs=80, **kwargs

@@ -1,5 +1,8 @@
 import keras
 
+from keras_one.methods import registry
+from keras_one.methods.method_info import MethodInfo
+
 
 class Method(keras.layers.Layer):
     """Base class of a distillation method.
@@ -11,20 +14,27 @@ class Method(keras.layers.Layer):
     (gradients, distribution, metrics, saving) is the Distiller's job, so a
     method is a small object:
 
+    - `info`: a `keras_one.methods.MethodInfo`, the method's registry name
+      and its paper's defaults as data (branches, student layout, teachers,
+      ramp-up), read by the command line, the tuner and the benchmarks. A
+      subclass whose own `info` has a name registers itself when it is
+      defined: adding a method is adding a module to `keras_one.methods`.
     - `loss_names`: the names of the terms `compute_losses` returns; each is
       logged during `fit`/`evaluate`.
     - `required_outputs`: the keys of the student's output dict it reads.
     - `head`: the name of the ensemble head (see `keras_one.models.HEADS`)
       that produces those outputs, used by the model builders and in error
-      messages; `None` if the plain branch logits suffice.
-    - `min_branches`: the fewest branches the method accepts.
+      messages; `None` if the plain branch logits suffice. Read from
+      `info.head`.
+    - `min_branches`: the fewest branches the method accepts, read from
+      `info.min_branches`.
     - `compute_losses(labels, outputs, epoch)`: returns a dict of loss terms,
       each either per-example, shape `(batch,)` (weighted by
       `sample_weight` and averaged by the Distiller), or a scalar (a
       batch-independent penalty, added as is). The total loss is their sum.
     - optionally `build_student(...)`: the network the method trains by
       default (used by the `keras-one` command and the tuner); the base
-      class builds a CIFAR ResNet with the method's `head`.
+      class builds a CIFAR ResNet with the layout and `head` of `info`.
     - optionally `call(inputs, outputs, training)`: returns a dict of extra
       outputs (teacher logits, ...) merged into `outputs` before
       `compute_losses`. Trainable modules it creates are trained with the
@@ -37,10 +47,31 @@ class Method(keras.layers.Layer):
         **kwargs: base layer keyword arguments, such as `name`.
     """
 
+    info = MethodInfo()
     loss_names = ()
     required_outputs = ("branch_logits",)
-    head = None
-    min_branches = 2
+    head = info.head
+    min_branches = info.min_branches
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "info" not in cls.__dict__:
+            return
+        if not isinstance(cls.info, MethodInfo):
+            raise TypeError(
+                f"{cls.__name__}.info must be a keras_one.methods.MethodInfo; "
+                f"got {type(cls.info).__name__}."
+            )
+        for attribute in ("head", "min_branches"):
+            if attribute in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__name__} sets both `info` and `{attribute}`: "
+                    f"declare {attribute}= in its MethodInfo only."
+                )
+        cls.head = cls.info.head
+        cls.min_branches = cls.info.min_branches
+        if cls.info.name is not None:
+            registry.register(cls)
 
     def __init__(self, temperature=3.0, rampup_epochs=0, **kwargs):
         super().__init__(**kwargs)
@@ -89,18 +120,22 @@ class Method(keras.layers.Layer):
         model="resnet32",
         num_classes=10,
         input_shape=(32, 32, 3),
-        num_branches=3,
+        num_branches=None,
         **model_kwargs,
     ):
         """Builds the student network this method trains by default.
+
+        The layout is `info.student`: branches on a shared trunk, networks
+        that share no layer (`branch_stage=0`), or a single network; the
+        ensemble head is `info.head`.
 
         Args:
             model: a name accepted by `keras_one.models.get`, e.g.
                 `"resnet32"`.
             num_classes: number of classes.
             input_shape: shape of one input image.
-            num_branches: number of branches (ignored by single-branch
-                methods).
+            num_branches: number of branches; `None` for the method's
+                default, `info.branches`. Ignored by single-network methods.
             **model_kwargs: passed to the model builder (e.g.
                 `weight_decay`).
 
@@ -109,6 +144,12 @@ class Method(keras.layers.Layer):
         """
         from keras_one import models
 
+        if num_branches is None:
+            num_branches = self.info.branches
+        if self.info.student == "single":
+            num_branches = 1
+        if self.info.student == "independent":
+            model_kwargs.setdefault("branch_stage", 0)
         return models.get(model)(
             num_classes=num_classes,
             input_shape=input_shape,
@@ -124,6 +165,19 @@ class Method(keras.layers.Layer):
         raise NotImplementedError(
             f"{type(self).__name__} must implement compute_losses()."
         )
+
+    def build_state(self, student):
+        """Creates state tied to the student, such as EMA copies of it.
+
+        The `Distiller` calls it once, with the built student, before the
+        method is first called. Create the state here as non-trainable
+        `keras.Variable`s assigned to attributes of the method: they are
+        then saved and restored with the `Distiller` and replicated under
+        `tf.distribute`. The default creates nothing.
+
+        Args:
+            student: the student `keras.Model`, built.
+        """
 
     def after_train_step(self, student):
         """Updates state the method owns, after each optimizer step.

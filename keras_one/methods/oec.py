@@ -5,6 +5,7 @@ from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
 from keras_one.methods.method import Method
+from keras_one.methods.method_info import MethodInfo
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -63,10 +64,9 @@ class OEC(Method):
     >>> # after fit: distiller.get_branch_model(4) is the x0.2 network
     """
 
+    info = MethodInfo(name="oec", branches=5, head="mean", student="own")
     loss_names = ("ce", "hint", "kl")
     required_outputs = ("branch_logits", "branch_stage_features")
-    head = "mean"
-    min_branches = 2
 
     def __init__(
         self,
@@ -99,7 +99,7 @@ class OEC(Method):
         model="resnet32",
         num_classes=10,
         input_shape=(32, 32, 3),
-        num_branches=5,
+        num_branches=None,
         **model_kwargs,
     ):
         """Builds `keras_one.models.oec_resnet` students.
@@ -108,7 +108,8 @@ class OEC(Method):
             model: `"resnet<depth>"`: the depth every student has.
             num_classes: number of classes.
             input_shape: shape of one image.
-            num_branches: the number of students `S` (the paper: 5).
+            num_branches: the number of students `S`; `None` for the
+                paper's 5 (`info.branches`).
             **model_kwargs: passed to `oec_resnet` (e.g. `weight_decay`).
 
         Returns:
@@ -127,7 +128,7 @@ class OEC(Method):
         return oec_resnet(
             int(key[6:]),
             num_classes=num_classes,
-            num_students=num_branches,
+            num_students=num_branches or self.info.branches,
             head=self.head,
             input_shape=input_shape,
             **model_kwargs,

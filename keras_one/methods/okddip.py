@@ -5,6 +5,7 @@ from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
 from keras_one.methods.method import Method
+from keras_one.methods.method_info import MethodInfo
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -52,34 +53,19 @@ class OKDDip(Method):
     >>> distiller = keras_one.Distiller(student, method)
     """
 
+    info = MethodInfo(
+        name="okddip",
+        branches=4,
+        min_branches=3,
+        head="peer_attention",
+        rampup_fraction=80 / 300,
+    )
     loss_names = ("ce", "peer_kl", "leader_kl")
     required_outputs = ("branch_logits", "peer_targets")
-    head = "peer_attention"
-    min_branches = 3
 
     def __init__(self, temperature=3.0, rampup_epochs=80, **kwargs):
         super().__init__(
             temperature=temperature, rampup_epochs=rampup_epochs, **kwargs
-        )
-
-    def build_student(
-        self,
-        model="resnet32",
-        num_classes=10,
-        input_shape=(32, 32, 3),
-        num_branches=4,
-        **model_kwargs,
-    ):
-        """Builds `num_branches - 1` peers and a leader (default 4 in all).
-
-        Same arguments as `Method.build_student`.
-        """
-        return super().build_student(
-            model,
-            num_classes=num_classes,
-            input_shape=input_shape,
-            num_branches=num_branches,
-            **model_kwargs,
         )
 
     def check_outputs(self, outputs):

@@ -5,6 +5,7 @@ from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
 from keras_one.methods.method import Method
+from keras_one.methods.method_info import MethodInfo
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -24,7 +25,7 @@ class ONE(Method):
     cross-entropy; `KL_T` is summed over classes, averaged over the batch
     and multiplied by `T^2`; `w(epoch) = exp(-5 (1 - min(epoch, R)/R)^2)`.
     The official scripts use `T = 3` and `R = 80` of 300 epochs; scale `R`
-    with shorter schedules (about 27% of the epochs).
+    with shorter schedules (`keras_one.methods.rampup_epochs(ONE, epochs)`).
 
     The student must return `branch_logits` and `ensemble_logits`: build it
     with `head="gate"` (the default of `keras_one.models.cifar_resnet` and
@@ -41,9 +42,11 @@ class ONE(Method):
     >>> distiller = keras_one.Distiller(student, keras_one.methods.ONE())
     """
 
+    info = MethodInfo(
+        name="one", branches=3, head="gate", rampup_fraction=80 / 300
+    )
     loss_names = ("ce", "ensemble_ce", "kl")
     required_outputs = ("branch_logits", "ensemble_logits")
-    head = "gate"
 
     def __init__(self, temperature=3.0, rampup_epochs=80, **kwargs):
         super().__init__(

@@ -29,8 +29,6 @@ class TeacherMethod(Method):
         **kwargs: `Method` keyword arguments (`rampup_epochs`, `name`, ...).
     """
 
-    min_branches = 1
-
     def __init__(self, teachers, temperature, **kwargs):
         super().__init__(temperature=temperature, **kwargs)
         teachers = list(teachers)

@@ -1,5 +1,3 @@
-import inspect
-
 import keras
 import keras_tuner as kt
 
@@ -26,8 +24,9 @@ class DistillerHyperModel(kt.HyperModel):
     - `num_branches`: branches of the student (`hp` name `num_branches`).
     - `temperature`: the method's `T`.
     - `rampup_fraction`: the distillation ramp-up as a fraction of
-      `epochs` (the method's `rampup_epochs = round(fraction * epochs)`);
-      ONE's official 80 of 300 epochs is 0.27.
+      `epochs`, turned into the method's `rampup_epochs` by
+      `keras_one.methods.rampup_epochs` (`round(fraction * epochs)`);
+      ONE's official 80 of 300 epochs is 0.267.
     - `learning_rate` and `weight_decay` (the builder's coupled L2 decay).
     - any numeric argument of the method's `get_config()`, through
       `method_hyperparameters` (e.g. `{"diversity_weight": (0.1, 2.0)}` for
@@ -37,7 +36,9 @@ class DistillerHyperModel(kt.HyperModel):
     (integers if both bounds are), `(low, high, "log")` for a log-uniform
     one, a list for a choice, a number for a fixed value, a function
     `hp -> value` for anything else, or `None` to leave the method's or the
-    builder's default alone (no hyperparameter is created).
+    builder's default alone (no hyperparameter is created). The method's
+    defaults are those of its `info` (`keras_one.methods.MethodInfo`): its
+    number of branches, and its ramp-up fraction scaled to `epochs`.
 
     The objective is a metric the Distiller logs:
     `val_ensemble_accuracy` (`objective="ensemble"`, the default) or
@@ -60,7 +61,8 @@ class DistillerHyperModel(kt.HyperModel):
         num_branches: search space of the number of branches. `"auto"`:
             2 to 4 (3 to 5 for OKDDip, which needs 3), or the method's own
             choice (`None`) for methods whose student has one network or
-            one branch per teacher (KD, EKD).
+            one branch per teacher (KD, SOKD, EKD: `info.student` is
+            `"single"` or `info.teachers` is `"per_branch"`).
         temperature: search space of the temperature.
         rampup_fraction: search space of the ramp-up fraction.
         learning_rate: search space of the SGD learning rate.
@@ -195,10 +197,13 @@ class DistillerHyperModel(kt.HyperModel):
             method_kwargs[key] = _define(hp, key, spec)
         if values["temperature"] is not None:
             method_kwargs["temperature"] = values["temperature"]
-        if values["rampup_fraction"] is not None:
-            method_kwargs["rampup_epochs"] = int(
-                round(values["rampup_fraction"] * self.epochs)
-            )
+        rampup_epochs = methods.rampup_epochs(
+            self.method_class, self.epochs, values["rampup_fraction"]
+        )
+        if values["rampup_fraction"] is None:
+            method_kwargs.setdefault("rampup_epochs", rampup_epochs)
+        else:
+            method_kwargs["rampup_epochs"] = rampup_epochs
         method = self.method_class(**method_kwargs)
 
         model_kwargs = dict(self.model_options)
@@ -262,7 +267,7 @@ class DistillerHyperModel(kt.HyperModel):
 def _method_class(method):
     if isinstance(method, str):
         return methods.get(method)
-    if inspect.isclass(method) and issubclass(method, methods.Method):
+    if isinstance(method, type) and issubclass(method, methods.Method):
         return method
     raise TypeError(
         "method must be a method name such as 'one' or a "
@@ -292,11 +297,10 @@ def _method_knobs(method_class, method_options):
 
 def _default_branches(method_class):
     """The `"auto"` branch range of a method."""
-    signature = inspect.signature(method_class.build_student)
-    default = signature.parameters["num_branches"].default
-    if default in (None, 1):
+    info = method_class.info
+    if info.student == "single" or info.teachers == "per_branch":
         return None
-    low = max(2, method_class.min_branches)
+    low = max(2, info.min_branches)
     return (low, low + 2)
 
 

@@ -205,6 +205,37 @@ def test_accuracy_benchmark_merges_results_of_parallel_runs(tmp_path, capsys):
         accuracy.main(argv + ["--merge", str(tmp_path / "other.json")])
 
 
+def test_accuracy_benchmark_reads_the_methods_descriptions():
+    from keras_one import methods
+
+    accuracy = load_script("accuracy")
+
+    def parse(*flags):
+        return accuracy.build_parser().parse_args(
+            ["--data", "data.npz", "--epochs", "80", *flags]
+        )
+
+    def rampup(name, args):
+        fraction = accuracy.rampup_fraction(name, args)
+        return methods.rampup_epochs(methods.get(name), args.epochs, fraction)
+
+    args = parse()
+    # Each method's own ramp-up: ONE's 80 of 300 epochs; none for DML and
+    # KD, as in their papers; SOKD ramped up as ONE (RAMP_UP_TOO).
+    assert [rampup(name, args) for name in ("one", "dml", "kd", "sokd")] == [
+        21, 0, 0, 21,
+    ]  # fmt: skip
+    # --rampup-fraction replaces the fraction of the methods that ramp up.
+    args = parse("--rampup-fraction", "0.27")
+    assert [rampup(name, args) for name in ("one", "dml", "kd", "sokd")] == [
+        22, 0, 0, 22,
+    ]  # fmt: skip
+    args = parse("--branches", "4")
+    assert [
+        accuracy.teacher_count(name, args) for name in ("one", "kd", "ekd")
+    ] == [0, 1, 4]
+
+
 def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
     accuracy = load_script("accuracy")
     with pytest.raises(SystemExit, match="multiple of the number of classes"):

@@ -1,8 +1,9 @@
 """A tiny student and method for every registered method, for the tests.
 
 Shared by the tests of `tests/distribute/` and the training scripts they
-launch in subprocesses. A method registered in `keras_one.methods` but not
-listed here fails the tests loudly: add it to `METHOD_ARGUMENTS`.
+launch in subprocesses. Every registered method is built from its
+description (`info`: its teachers, its ramp-up, its fewest branches), so a
+new method needs nothing here.
 """
 
 import keras
@@ -26,34 +27,34 @@ def tiny_teacher(name="teacher"):
     )
 
 
-# Constructor arguments of each registered method (teachers are built
-# fresh for each call). Methods with a ramp-up get a short one, so that the
-# epoch counter matters within a few epochs.
-METHOD_ARGUMENTS = {
-    "one": lambda: {"rampup_epochs": 2},
-    "cl_ilr": lambda: {},
-    "dml": lambda: {},
-    "okddip": lambda: {"rampup_epochs": 2},
-    "ffl": lambda: {"rampup_epochs": 2},
-    "mde": lambda: {"rampup_epochs": 2},
-    "kd": lambda: {"teacher": tiny_teacher()},
-    "ekd": lambda: {
-        "teachers": [tiny_teacher("teacher_0"), tiny_teacher("teacher_1")]
-    },
-    "sokd": lambda: {"teacher": tiny_teacher()},
-    "oec": lambda: {},
-}
+def num_branches(name):
+    """As few branches as method `name` accepts, and at least 2.
+
+    The tests check mechanics, and smaller graphs trace faster.
+    """
+    return max(methods.get(name).info.min_branches, 2)
 
 
 def make_method(name):
-    """The method `name` with test-sized arguments."""
-    if name not in METHOD_ARGUMENTS:
-        raise KeyError(
-            f"Method {name!r} is registered in keras_one.methods but "
-            "tests/distribute/method_zoo.py does not know how to build it: "
-            "add its constructor arguments to METHOD_ARGUMENTS."
-        )
-    return methods.get(name)(**METHOD_ARGUMENTS[name]())
+    """The method `name` with test-sized arguments, read from its `info`.
+
+    Teachers are built fresh for each call, one per branch for the methods
+    that take a teacher per branch. Methods with a ramp-up get a short one,
+    so that the epoch counter matters within a few epochs.
+    """
+    method_class = methods.get(name)
+    info = method_class.info
+    arguments = {}
+    if info.teachers == "one":
+        arguments["teacher"] = tiny_teacher()
+    elif info.teachers == "per_branch":
+        arguments["teachers"] = [
+            tiny_teacher(f"teacher_{index}")
+            for index in range(num_branches(name))
+        ]
+    if info.rampup_fraction:
+        arguments["rampup_epochs"] = 2
+    return method_class(**arguments)
 
 
 def make_distiller(name, seed=0, **distiller_kwargs):
@@ -66,13 +67,11 @@ def make_distiller(name, seed=0, **distiller_kwargs):
 
     keras.utils.set_random_seed(seed)
     method = make_method(name)
-    # As few branches as the method accepts: the tests check mechanics,
-    # and smaller graphs trace faster.
     student = method.build_student(
         "resnet8",
         num_classes=NUM_CLASSES,
         input_shape=INPUT_SHAPE,
-        num_branches=max(method.min_branches, 2),
+        num_branches=num_branches(name),
     )
     return Distiller(student, method, **distiller_kwargs)
 

@@ -57,10 +57,13 @@ def main(argv):
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
-        def on_train_batch_end(self, batch, logs=None):
+        def on_train_batch_begin(self, batch, logs=None):
+            # The epoch ONE's ramp-up sees in this batch's step.
             self.current_epochs.append(
-                [self.epoch, batch, float(self.model.current_epoch.numpy())]
+                [self.epoch, batch, float(self.model.current_epoch)]
             )
+
+        def on_train_batch_end(self, batch, logs=None):
             if (self.epoch, batch) == block_at:
                 with open(args.output + ".ready", "w") as file:
                     file.write("backup written; waiting to be killed\n")

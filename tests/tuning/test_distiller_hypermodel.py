@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import keras_one
-from keras_one.tuning import BestBranchMetric
 from keras_one.tuning import DistillerHyperModel
 
 TINY = dict(model="resnet8", num_classes=4, input_shape=(8, 8, 1))
@@ -109,9 +108,39 @@ def test_none_leaves_defaults_and_functions_define_anything():
     hp = kt.HyperParameters()
     distiller = hypermodel.build(hp)
     assert distiller.num_branches == 3  # the builder's default
-    assert distiller.method.rampup_epochs == 80  # ONE's default
+    # ONE's own ramp-up, 80 of 300 epochs (the hypermodel's default).
+    assert distiller.method.rampup_epochs == 80
     assert distiller.method.temperature == 5.0
     assert set(hp.values) == {"T", "learning_rate"}
+
+
+def test_the_method_description_sets_the_defaults(tiny_data):
+    hp = kt.HyperParameters()
+    # None: the method's own ramp-up fraction, scaled to `epochs`.
+    for name, rampup_epochs in (("one", 8), ("dml", 0)):
+        hypermodel = DistillerHyperModel(
+            name, epochs=30, num_branches=2, rampup_fraction=None, **TINY
+        )
+        assert hypermodel.build(hp).method.rampup_epochs == rampup_epochs
+    # A fixed ramp-up among the method's options is kept.
+    hypermodel = DistillerHyperModel(
+        "one",
+        epochs=30,
+        num_branches=2,
+        rampup_fraction=None,
+        method_options={"rampup_epochs": 3},
+        **TINY,
+    )
+    assert hypermodel.build(hp).method.rampup_epochs == 3
+    # "auto" branches: from the fewest the method accepts, or the
+    # method's own choice for a single network or a teacher per branch.
+    assert DistillerHyperModel("one").space["num_branches"] == (2, 4)
+    assert DistillerHyperModel("okddip").space["num_branches"] == (3, 5)
+    teacher = keras_one.models.cifar_resnet(
+        depth=8, num_classes=4, num_branches=1, input_shape=(8, 8, 1)
+    )
+    single = DistillerHyperModel("kd", method_options={"teacher": teacher})
+    assert single.space["num_branches"] is None
 
 
 def test_single_branch_methods_need_the_best_branch_objective(tiny_data):
@@ -158,25 +187,3 @@ def test_bad_search_spaces_are_explained():
         DistillerHyperModel("kd")
     with pytest.raises(ValueError, match="include 'accuracy'"):
         DistillerHyperModel("one", metrics=["mse"])
-
-
-def test_best_branch_metric_reads_the_distiller_logs():
-    callback = BestBranchMetric()
-    logs = {
-        "branch_0_accuracy": 0.5,
-        "branch_1_accuracy": 0.7,
-        "ensemble_accuracy": 0.9,
-        "val_branch_0_accuracy": 0.6,
-        "val_branch_1_accuracy": 0.4,
-        "val_ensemble_accuracy": 0.95,
-    }
-    callback.on_epoch_end(0, logs)
-    assert logs["best_branch_accuracy"] == 0.7
-    assert logs["val_best_branch_accuracy"] == 0.6
-    single = {"accuracy": 0.3, "val_accuracy": 0.2}
-    BestBranchMetric().on_epoch_end(0, single)
-    assert single["best_branch_accuracy"] == 0.3
-    errors = {"branch_0_mae": 0.3, "branch_1_mae": 0.1}
-    BestBranchMetric("mae", mode="min").on_epoch_end(0, errors)
-    assert errors["best_branch_mae"] == 0.1
-    assert "val_best_branch_mae" not in errors

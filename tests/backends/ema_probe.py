@@ -1,0 +1,38 @@
+"""A test method with state updated after each optimizer step.
+
+`EMAProbe` is ONE's loss plus a temporal mean of the student's trainable
+weights, `ema <- decay * ema + (1 - decay) * weights`, updated by
+`after_train_step`: the mechanism PCL's mean teachers need. Tests compare
+it with a NumPy recomputation from the weights after each step.
+"""
+
+import keras
+
+from keras_one.methods import ONE
+
+
+class EMAProbe(ONE):
+    """ONE plus an EMA of the student's weights, kept in `self.averages`."""
+
+    def __init__(self, decay=0.5, **kwargs):
+        super().__init__(rampup_epochs=1, **kwargs)
+        self.decay = decay
+        self.averages = None
+
+    def build_state(self, student):
+        """Creates one average per trainable weight, equal to it."""
+        self.averages = [
+            keras.Variable(
+                keras.ops.convert_to_numpy(w.value),
+                trainable=False,
+                name=f"ema_{i}",
+                aggregation="only_first_replica",
+            )
+            for i, w in enumerate(student.trainable_weights)
+        ]
+
+    def after_train_step(self, student):
+        for average, weight in zip(
+            self.averages, student.trainable_weights, strict=True
+        ):
+            average.assign(self.decay * average + (1.0 - self.decay) * weight)

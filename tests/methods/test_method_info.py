@@ -1,0 +1,146 @@
+import dataclasses
+
+import pytest
+
+import keras_one
+from keras_one import cli
+from keras_one import methods
+from keras_one import models
+from keras_one.methods import MethodInfo
+from keras_one.methods import rampup_epochs
+from keras_one.methods.method_info import STUDENTS
+from keras_one.methods.method_info import TEACHERS
+from keras_one.student_outputs import normalize_outputs
+
+TINY = dict(num_classes=4, input_shape=(8, 8, 1))
+
+
+def tiny_teacher(name):
+    return models.cifar_resnet(8, num_branches=1, name=name, **TINY)
+
+
+def make_method(method_class):
+    """The method with the teachers its description asks for."""
+    info = method_class.info
+    if info.teachers == "one":
+        return method_class(teacher=tiny_teacher("teacher"))
+    if info.teachers == "per_branch":
+        return method_class(
+            teachers=[
+                tiny_teacher(f"teacher_{i}") for i in range(info.branches)
+            ]
+        )
+    return method_class()
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_every_method_has_a_complete_consistent_description(name):
+    method_class = methods.get(name)
+    info = method_class.info
+    assert isinstance(info, MethodInfo) and "info" in vars(method_class)
+    assert info.name == name
+    assert getattr(keras_one.methods, method_class.__name__) is method_class
+    assert 1 <= info.min_branches <= info.branches
+    assert info.teachers in TEACHERS and info.student in STUDENTS
+    assert info.head in models.HEADS
+    assert 0.0 <= info.rampup_fraction <= 1.0
+    # The class attributes read the description.
+    assert method_class.head == info.head
+    assert method_class.min_branches == info.min_branches
+    # The command line accepts the name.
+    args = cli.build_parser().parse_args(["train", "--method", name])
+    assert args.method == name
+    # The constructor's default ramp-up agrees with the description: none
+    # for the methods without one.
+    method = make_method(method_class)
+    assert (method.rampup_epochs == 0) == (info.rampup_fraction == 0)
+    # The default student has the described branches and what the method
+    # needs.
+    student = method.build_student("resnet8", **TINY)
+    outputs = normalize_outputs(student.output)
+    assert len(outputs["branch_logits"]) == info.branches
+    method.check_outputs(outputs)
+
+
+def test_the_built_in_methods_state_their_papers_defaults():
+    described = {
+        name: (
+            methods.get(name).info.branches,
+            methods.get(name).info.teachers,
+            rampup_epochs(methods.get(name), 300),
+        )
+        for name in methods.names()
+    }
+    assert described == {
+        "cl_ilr": (3, "none", 0),
+        "dml": (2, "none", 0),
+        "ekd": (2, "per_branch", 0),
+        "ffl": (2, "none", 80),
+        "kd": (1, "one", 0),
+        "mde": (3, "none", 80),
+        "oec": (5, "none", 0),
+        "okddip": (4, "none", 80),
+        "one": (3, "none", 80),
+        "sokd": (1, "one", 0),
+    }
+    assert methods.DML.info.student == "independent"
+    assert methods.OEC.info.student == "own"
+    assert methods.OKDDip.info.min_branches == 3
+
+
+@pytest.mark.parametrize(
+    "method, epochs, fraction, expected",
+    [
+        (methods.ONE, 300, None, 80),  # the official 80 of 300 epochs
+        (methods.ONE, 30, None, 8),
+        (methods.ONE, 80, None, 21),
+        (methods.ONE, 1, None, 0),
+        (methods.ONE, 0, None, 0),
+        (methods.FFL, 150, None, 40),
+        (methods.DML, 300, None, 0),
+        (methods.KD, 300, None, 0),
+        (methods.MDE, 20, 0.25, 5),  # a given fraction replaces the method's
+        (methods.DML, 80, 0.27, 22),
+        (methods.ONE, 10, 1.0, 10),
+        (methods.ONE, 10, 0.0, 0),
+    ],
+)
+def test_rampup_epochs_resolves_the_fraction(
+    method, epochs, fraction, expected
+):
+    got = rampup_epochs(method, epochs, fraction)
+    assert got == expected and isinstance(got, int)
+
+
+def test_rampup_epochs_reads_instances_and_rejects_bad_values():
+    assert rampup_epochs(methods.ONE(), 150) == 40
+    with pytest.raises(ValueError, match="fraction must lie in"):
+        rampup_epochs(methods.ONE, 10, fraction=1.5)
+    with pytest.raises(ValueError, match="epochs must be >= 0"):
+        rampup_epochs(methods.ONE, -1)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(name="One"), "lowercase"),
+        (dict(name="cl-ilr"), "lowercase"),
+        (dict(min_branches=0, branches=1), "min_branches must be >= 1"),
+        (dict(branches=2, min_branches=3), r"branches \(2\) must be >="),
+        (dict(student="tree"), "student must be one of"),
+        (dict(student="single", branches=3), "'single' student has 1"),
+        (dict(teachers="two"), "teachers must be one of"),
+        (dict(rampup_fraction=1.5), r"rampup_fraction must lie in \[0, 1\]"),
+    ],
+)
+def test_inconsistent_descriptions_are_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        MethodInfo(**arguments)
+
+
+def test_a_description_is_frozen_data():
+    info = MethodInfo(name="mine", branches=4, head="gate")
+    assert info == MethodInfo(name="mine", branches=4, head="gate")
+    assert info.min_branches == 2 and info.rampup_fraction == 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.branches = 5
