@@ -4,9 +4,10 @@ One process per backend (`train_two_steps.py`) trains each method's tiny
 Distiller two steps from the same starting weights (written by the
 TensorFlow process). The logged loss and every term of each step, and every
 weight after each step, must agree with TensorFlow's within float32
-round-off: rtol 1e-4 and atol 1e-5 on the logs, atol 1e-4 on the weights
-(two SGD steps at learning rate 0.05 move a weight by ~1e-2; convolution
-and reduction orders differ between the backends' kernels). The first
+round-off: rtol 2e-5 and atol 1e-6 on the logs, atol 2e-6 on the weights
+(measured on this CPU, Keras 3.15.1: at most 2.2e-6 relative on the logs
+and 2.4e-7 on the weights, for every method; two SGD steps at learning
+rate 0.05 move a weight by about 1e-2, so a wrong gradient or update fails). The first
 step's loss comes from identical weights; the second checks the gradients,
 the optimizer update, BatchNormalization statistics and the method's
 schedules.
@@ -69,14 +70,16 @@ def test_same_losses_and_weights_as_tensorflow(runs, backend):
                 np.testing.assert_allclose(
                     actual[key],
                     value,
-                    rtol=1e-4,
-                    atol=1e-5,
+                    rtol=2e-5,
+                    atol=1e-6,
                     err_msg=f"{name}, step {step}, {key}",
                 )
-    assert sorted(weights) == sorted(reference_weights)
-    for key, value in reference_weights.items():
+    trained = sorted(k for k in reference_weights if "step" in k)
+    assert trained and trained == sorted(k for k in weights if "step" in k)
+    for key in trained:
+        value = reference_weights[key]
         np.testing.assert_allclose(
-            weights[key], value, rtol=0, atol=1e-4, err_msg=key
+            weights[key], value, rtol=0, atol=2e-6, err_msg=key
         )
 
 
