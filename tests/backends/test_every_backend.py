@@ -8,9 +8,9 @@ round-off: rtol 2e-5 and atol 1e-6 on the logs, atol 2e-6 on the weights
 (measured on this CPU, Keras 3.15.1: at most 2.2e-6 relative on the logs
 and 2.4e-7 on the weights, for every method; two SGD steps at learning
 rate 0.05 move a weight by about 1e-2, so a wrong gradient or update
-fails). The first step's loss comes from identical weights; the second checks the gradients,
-the optimizer update, BatchNormalization statistics and the method's
-schedules.
+fails). The first step's loss comes from identical weights; the second
+checks the gradients, the optimizer update, BatchNormalization statistics
+and the method's schedules.
 
 `EMAProbe` checks the `after_train_step` hook: its averages after each
 step must equal the NumPy recomputation from the student's weights.
