@@ -29,45 +29,10 @@ import keras
 import keras_one
 
 
-def sgd(learning_rate, steps_per_epoch, milestones):
-    boundaries = [m * steps_per_epoch for m in milestones]
-    values = [learning_rate * 0.1**i for i in range(len(milestones) + 1)]
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        boundaries, values
-    )
-    return keras.optimizers.SGD(schedule, momentum=0.9)
-
-
-def train_teacher(depth, train, test, info, epochs, optimizer):
-    teacher = keras_one.models.cifar_resnet(
-        depth,
-        num_classes=info.num_classes,
-        num_branches=1,
-        input_shape=info.input_shape,
-        weight_decay=5e-4,
-        name=f"teacher_resnet{depth}",
-    )
-    teacher.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    teacher.fit(train, epochs=epochs, validation_data=test, verbose=2)
-    return teacher
-
-
 def last_stage_output(teacher):
     """The name of the layer that feeds the teacher's global pooling."""
     pooled = teacher.get_layer("avg_pool").input
     return pooled._keras_history.operation.name
-
-
-def accuracy(model, test):
-    model.compile(
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
 
 
 def main(argv=None):
@@ -80,31 +45,35 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
+    train, test, info = keras_one.recipes.load_data(args.small, batch_size=64)
     if args.small:
-        train, test, info = keras_one.data.load("digits", batch_size=64, seed=0)
         epochs, milestones, lr = 3, [2], 0.05
         teacher_depths, student_depth = (8, 14), 8
         args.features = True
     else:
-        train, test, info = keras_one.data.load(
-            "cifar10", batch_size=64, seed=0
-        )
         epochs, milestones, lr = args.epochs, [150, 180, 210], 0.05
         teacher_depths, student_depth = (56, 44), 20
-    steps = int(train.cardinality())
+    schedule = keras_one.recipes.step_decay(lr, milestones, len(train))
 
     # === The teachers: trained here, or loaded ===
     if args.teacher:
         teachers = [keras.saving.load_model(path) for path in args.teacher]
     else:
         teachers = [
-            train_teacher(
-                depth, train, test, info, epochs, sgd(lr, steps, milestones)
+            keras_one.recipes.train_teacher(
+                depth,
+                train,
+                test,
+                info,
+                epochs,
+                optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
+                weight_decay=5e-4,
             )
             for depth in teacher_depths
         ]
     for index, teacher in enumerate(teachers):
-        print(f"teacher {index} accuracy {accuracy(teacher, test):.4f}")
+        accuracy = keras_one.recipes.accuracy(teacher, test)
+        print(f"teacher {index} accuracy {accuracy:.4f}")
 
     # === EKD: a branch per teacher, averaged ensemble ===
     method = keras_one.methods.EKD(
@@ -120,14 +89,15 @@ def main(argv=None):
         weight_decay=5e-4,
     )
     distiller = keras_one.Distiller(student, method)
-    distiller.compile(optimizer=sgd(lr, steps, milestones))
+    distiller.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9))
     distiller.fit(train, epochs=epochs, validation_data=test, verbose=2)
 
     # === Results and export ===
     scores = distiller.evaluate(test, verbose=0, return_dict=True)
     for index in range(len(teachers)):
         network = distiller.get_branch_model(index)  # plain Keras
-        print(f"exported branch {index} accuracy {accuracy(network, test):.4f}")
+        accuracy = keras_one.recipes.accuracy(network, test)
+        print(f"exported branch {index} accuracy {accuracy:.4f}")
     print(f"ensemble accuracy {scores['ensemble_accuracy']:.4f}")
 
 

@@ -26,41 +26,6 @@ import keras
 import keras_one
 
 
-def sgd(learning_rate, epochs, steps_per_epoch, milestones):
-    boundaries = [m * steps_per_epoch for m in milestones]
-    values = [learning_rate * 0.1**i for i in range(len(milestones) + 1)]
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        boundaries, values
-    )
-    return keras.optimizers.SGD(schedule, momentum=0.9)
-
-
-def train_teacher(depth, train, test, info, epochs, optimizer):
-    teacher = keras_one.models.cifar_resnet(
-        depth,
-        num_classes=info.num_classes,
-        num_branches=1,
-        input_shape=info.input_shape,
-        weight_decay=5e-4,
-        name=f"teacher_resnet{depth}",
-    )
-    teacher.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    teacher.fit(train, epochs=epochs, validation_data=test, verbose=2)
-    return teacher
-
-
-def accuracy(model, test):
-    model.compile(
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="digits, seconds")
@@ -68,31 +33,30 @@ def main(argv=None):
     parser.add_argument("--teacher", help="a saved teacher (.keras)")
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
+    train, test, info = keras_one.recipes.load_data(args.small, batch_size=64)
     if args.small:
-        train, test, info = keras_one.data.load("digits", batch_size=64, seed=0)
         epochs, milestones, lr = 3, [2], 0.05
         teacher_depth, student_depth = 14, 8
     else:
-        train, test, info = keras_one.data.load(
-            "cifar10", batch_size=64, seed=0
-        )
         epochs, milestones, lr = args.epochs, [150, 180, 210], 0.05
         teacher_depth, student_depth = 56, 20
-    steps = int(train.cardinality())
+    schedule = keras_one.recipes.step_decay(lr, milestones, len(train))
 
     # === The teacher: trained here, or loaded ===
     if args.teacher:
         teacher = keras.saving.load_model(args.teacher)
     else:
-        teacher = train_teacher(
+        teacher = keras_one.recipes.train_teacher(
             teacher_depth,
             train,
             test,
             info,
             epochs,
-            sgd(lr, epochs, steps, milestones),
+            optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
+            weight_decay=5e-4,
         )
-    print(f"teacher accuracy {accuracy(teacher, test):.4f}")
+    accuracy = keras_one.recipes.accuracy(teacher, test)
+    print(f"teacher accuracy {accuracy:.4f}")
 
     # === KD ===
     method = keras_one.methods.KD(teacher, alpha=0.9, temperature=4.0)
@@ -103,7 +67,7 @@ def main(argv=None):
         weight_decay=5e-4,
     )
     distiller = keras_one.Distiller(student, method)
-    distiller.compile(optimizer=sgd(lr, epochs, steps, milestones))
+    distiller.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9))
 
     # The same loss as keras.distillation on a batch (before training).
     x, y = next(iter(test))
@@ -132,7 +96,8 @@ def main(argv=None):
     # === Export: a plain Keras classifier ===
     network = distiller.get_branch_model(0, name="kd_student")
     network.save("kd_student.keras")
-    print(f"exported student accuracy {accuracy(network, test):.4f}")
+    accuracy = keras_one.recipes.accuracy(network, test)
+    print(f"exported student accuracy {accuracy:.4f}")
 
 
 if __name__ == "__main__":

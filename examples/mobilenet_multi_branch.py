@@ -46,9 +46,7 @@ def main(argv=None):
         context = tfds.testing.mock_data(num_examples=32)
         epochs, alpha = 1, 0.35
     with context:
-        train_ds, test_ds, info = keras_one.data.load(
-            "cifar10", batch_size=64, seed=0
-        )
+        train_ds, test_ds, info = keras_one.recipes.load_data(batch_size=64)
     student = build_student(info.num_classes, info.input_shape, alpha)
     distiller = keras_one.Distiller(
         student, keras_one.methods.ONE(rampup_epochs=round(0.27 * epochs))

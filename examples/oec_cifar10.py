@@ -26,14 +26,6 @@ import keras
 import keras_one
 
 
-def accuracy(model, test):
-    model.compile(
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="digits, seconds")
@@ -42,15 +34,11 @@ def main(argv=None):
     parser.add_argument("--num-students", type=int, default=5)
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
+    train, test, info = keras_one.recipes.load_data(args.small, batch_size=128)
     if args.small:
-        train, test, info = keras_one.data.load("digits", batch_size=64, seed=0)
         epochs, milestones, depth = 3, [2], 8
     else:
-        train, test, info = keras_one.data.load(
-            "cifar10", batch_size=128, seed=0
-        )
         epochs, milestones, depth = args.epochs, [200, 300], args.depth
-    steps = int(train.cardinality())
 
     # === The method and its students ===
     method = keras_one.methods.OEC()
@@ -61,10 +49,7 @@ def main(argv=None):
         num_branches=args.num_students,
         weight_decay=1e-5,
     )
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        [m * steps for m in milestones],
-        [1e-3 * 0.1**i for i in range(len(milestones) + 1)],
-    )
+    schedule = keras_one.recipes.step_decay(1e-3, milestones, len(train))
     distiller = keras_one.Distiller(student, method)
     distiller.compile(optimizer=keras.optimizers.Adam(schedule))
     distiller.fit(train, epochs=epochs, validation_data=test, verbose=2)
@@ -75,9 +60,10 @@ def main(argv=None):
     for index in range(args.num_students):
         network = distiller.get_branch_model(index)  # plain Keras
         share = network.count_params() / widest
+        accuracy = keras_one.recipes.accuracy(network, test)
         print(
             f"exported student {index} ({share:.1%} of the parameters) "
-            f"accuracy {accuracy(network, test):.4f}"
+            f"accuracy {accuracy:.4f}"
         )
     print(f"ensemble teacher accuracy {scores['ensemble_accuracy']:.4f}")
 

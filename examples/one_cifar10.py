@@ -8,11 +8,10 @@ CIFAR-10 by tensorflow-datasets and, realistically, a GPU.
 
     python examples/one_cifar10.py                    # the full protocol
     python examples/one_cifar10.py --epochs 30        # shorter
-    python examples/one_cifar10.py --small            # offline smoke test
+    python examples/one_cifar10.py --small            # digits, seconds
 """
 
 import argparse
-import contextlib
 
 import keras
 
@@ -26,21 +25,13 @@ def main(argv=None):
     parser.add_argument(
         "--small",
         action="store_true",
-        help="tfds mock data, ResNet-8, 1 epoch: checks the code path offline",
+        help="the bundled digits, ResNet-8, 1 epoch: offline, seconds",
     )
     args = parser.parse_args(argv)
-
-    context = contextlib.nullcontext()
-    depth, epochs = args.depth, args.epochs
-    if args.small:
-        import tensorflow_datasets as tfds
-
-        context = tfds.testing.mock_data(num_examples=64)
-        depth, epochs = 8, 1
-    with context:
-        train_ds, test_ds, info = keras_one.data.load(
-            "cifar10", batch_size=128, seed=0
-        )
+    train_ds, test_ds, info = keras_one.recipes.load_data(
+        args.small, batch_size=128
+    )
+    depth, epochs = (8, 1) if args.small else (args.depth, args.epochs)
     keras.utils.set_random_seed(0)
     method = keras_one.methods.ONE(
         temperature=3, rampup_epochs=round(80 / 300 * epochs)

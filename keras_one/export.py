@@ -6,14 +6,34 @@ from keras_one.student_outputs import symbolic_io
 
 
 def _expanded_call(layer, *args, **kwargs):
-    expand = getattr(layer, "expand", None)
-    if expand is not None and _is_keras_one(layer):
-        return expand(*args, **kwargs)
+    if _has_plain_form(layer):
+        return layer.expand(*args, **kwargs)
     return layer(*args, **kwargs)
+
+
+def _has_plain_form(layer):
+    return _is_keras_one(layer) and hasattr(layer, "expand")
 
 
 def _is_keras_one(layer):
     return type(layer).__module__.startswith("keras_one")
+
+
+def _rebuild(layer):
+    """`layer` itself, or a nested model rebuilt with its layers expanded.
+
+    A keras_one model with a plain-Keras form (`FusedBranches`) is kept
+    whole: its `expand` replaces it when it is called.
+    """
+    if _has_plain_form(layer) or not isinstance(layer, keras.Model):
+        return layer
+    if isinstance(layer, keras.Sequential):
+        return keras.models.clone_model(layer, clone_function=_rebuild)
+    if symbolic_io(layer) is None:
+        return layer
+    return keras.models.clone_model(
+        layer, clone_function=_rebuild, call_function=_expanded_call
+    )
 
 
 def _all_layers(model):
@@ -45,13 +65,10 @@ def plain_keras_model(model, select, name):
             f"{type(model).__name__} is a subclassed model. Build the student "
             "with the functional API (keras.Model(inputs, outputs))."
         )
-    # Recursive: nested functional models (the branches that
-    # make_multi_branch copies) are rebuilt too, expanding their layers.
+    # Nested functional models (the branches that make_multi_branch
+    # copies) are rebuilt too, expanding their layers.
     rebuilt = keras.models.clone_model(
-        model,
-        clone_function=lambda layer: layer,
-        call_function=_expanded_call,
-        recursive=True,
+        model, clone_function=_rebuild, call_function=_expanded_call
     )
     inputs, outputs = symbolic_io(rebuilt)
     plain = keras.Model(inputs, select(outputs), name=name)

@@ -154,13 +154,13 @@ if keras.backend.backend() == "tensorflow":
                 return super()._maybe_symbolic_build(
                     iterator=iterator, data_batch=data_batch
                 )
-            if not all(layer.built for layer in self._flatten_layers()):
-                for _, _, batches in iterator:
-                    data_batch = keras.tree.map_structure(
-                        lambda value: _first_local_value(strategy, value),
-                        next(batches),
-                    )
-                    break
+            # Keras' compiled metrics are built from a batch's shapes.
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda value: _first_local_value(strategy, value),
+                    next(batches),
+                )
+                break
             with strategy.scope():
                 self._symbolic_build(data_batch=data_batch)
 

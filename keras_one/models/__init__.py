@@ -1,6 +1,7 @@
 """Networks: CIFAR ResNets and a converter to multi-branch networks."""
 
 from keras_one.models.cifar_resnet import cifar_resnet
+from keras_one.models.fused_branches import FusedBranches
 from keras_one.models.gradient_rescaling import rescale_trunk_gradient
 from keras_one.models.heads import HEADS
 from keras_one.models.multi_branch import make_multi_branch

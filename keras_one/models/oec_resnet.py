@@ -2,11 +2,7 @@ import keras
 from keras import layers
 
 from keras_one.models import heads
-from keras_one.models.cifar_resnet import STAGE_WIDTHS
-from keras_one.models.cifar_resnet import _basic_block
-from keras_one.models.cifar_resnet import _batch_norm
-from keras_one.models.cifar_resnet import _conv
-from keras_one.models.cifar_resnet import _l2
+from keras_one.models import resnet_blocks
 
 
 def oec_resnet(
@@ -62,23 +58,19 @@ def oec_resnet(
     >>> [s[-1].shape[-1] for s in net.output["branch_stage_features"]]
     [64, 51, 38, 25, 12]
     """
-    if depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"OEC ResNet depth must be 6n + 2 (8, 20, 32, 44, 56, 110, "
-            f"...); got {depth}."
-        )
+    stages = resnet_blocks.cifar_stages(depth)
     if int(num_students) < 2:
         raise ValueError(
             f"OEC needs at least 2 students; got num_students={num_students}."
         )
     num_students = int(num_students)
-    blocks_per_stage = (depth - 2) // 6
+    regularizer = resnet_blocks.l2(weight_decay)
+    conv, batch_norm = resnet_blocks.plain_layers(regularizer)
 
     # === Layers ===
     inputs = keras.Input(input_shape, name="image")
-    x = _conv(STAGE_WIDTHS[0], 3, 1, weight_decay, "stem_conv")(inputs)
-    x = _batch_norm(weight_decay, "stem_bn")(x)
-    shared_features = layers.ReLU(name="stem_relu")(x)
+    stem_filters = stages[0][0]
+    shared_features = resnet_blocks.stem(inputs, stem_filters, conv, batch_norm)
     outputs = {
         "branch_logits": [],
         "branch_features": [],
@@ -88,22 +80,25 @@ def oec_resnet(
     }
     for student in range(num_students):
         fraction = (num_students - student) / num_students
-        x = shared_features
+        x, channels = shared_features, stem_filters
         stage_features = []
-        for stage, width in enumerate(STAGE_WIDTHS, start=1):
-            filters = max(1, int(width * fraction))
-            for index in range(blocks_per_stage):
-                strides = 2 if stage > 1 and index == 0 else 1
-                block_name = f"student{student}_stage{stage}_block{index + 1}"
-                x = _basic_block(x, filters, strides, weight_decay, block_name)
+        for stage, (width, blocks, strides) in enumerate(stages, start=1):
+            x, channels = resnet_blocks.residual_stage(
+                x,
+                channels,
+                max(1, int(width * fraction)),
+                blocks,
+                strides,
+                "basic",
+                conv,
+                batch_norm,
+                f"student{student}_stage{stage}",
+            )
             stage_features.append(x)
         pooled = layers.GlobalAveragePooling2D(name=f"student{student}_pool")(x)
-        logits = layers.Dense(
-            num_classes,
-            kernel_regularizer=_l2(weight_decay),
-            bias_regularizer=_l2(weight_decay),
-            name=f"student{student}_logits",
-        )(pooled)
+        logits = resnet_blocks.classifier(
+            pooled, num_classes, regularizer, f"student{student}_logits"
+        )
         outputs["branch_logits"].append(logits)
         outputs["branch_features"].append(pooled)
         outputs["branch_feature_maps"].append(x)

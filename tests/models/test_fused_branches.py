@@ -1,10 +1,14 @@
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 
 from keras_one import Distiller
 from keras_one import methods
-from keras_one.layers import FusedBranches
+from keras_one.models import FusedBranches
 from keras_one.models import cifar_resnet
 
 SHAPE = (8, 8, 1)
@@ -53,7 +57,9 @@ def trainable_count(model):
 
 def test_shapes_and_weight_counts():
     shared = keras.Input((8, 8, 16))
-    layer = FusedBranches(3, stages=[(32, 2, 2)], num_classes=5)
+    layer = FusedBranches(
+        3, stages=[(32, 2, 2)], num_classes=5, input_shape=(8, 8, 16)
+    )
     outputs = layer(shared)
     assert [tuple(z.shape) for z in outputs["logits"]] == [(None, 5)] * 3
     assert [tuple(f.shape) for f in outputs["features"]] == [(None, 32)] * 3
@@ -105,13 +111,16 @@ def test_identical_training_to_n_copies(tiny_data):
 
 
 def test_bottleneck_blocks_match_their_plain_form():
-    shared = keras.Input((8, 8, 8))
     layer = FusedBranches(
-        2, stages=[(4, 2, 2)], num_classes=3, block="bottleneck", name="fb"
+        2,
+        stages=[(4, 2, 2)],
+        num_classes=3,
+        input_shape=(8, 8, 8),
+        block="bottleneck",
+        name="fb",
     )
-    model = keras.Model(shared, layer(shared))
     x = np.random.default_rng(0).normal(size=(4, 8, 8, 8)).astype("f4")
-    outputs = model(x, training=False)
+    outputs = layer(x, training=False)
     for index in range(2):
         branch = layer.branch_model(index)
         assert branch.get_layer("stage1_block1_conv3").filters == 16
@@ -128,9 +137,9 @@ def test_bottleneck_blocks_match_their_plain_form():
 
 
 def test_branches_are_initialized_independently_with_fan_out():
-    shared = keras.Input((8, 8, 32))
-    layer = FusedBranches(3, stages=[(64, 1, 1)], num_classes=10)
-    layer(shared)
+    layer = FusedBranches(
+        3, stages=[(64, 1, 1)], num_classes=10, input_shape=(8, 8, 32)
+    )
     slices = [
         keras.ops.convert_to_numpy(
             layer.branch_model(i).get_layer("stage1_block1_conv2").kernel
@@ -197,14 +206,15 @@ def _all_layers(model):
 
 
 def test_errors():
+    shape = (4, 4, 2)
     with pytest.raises(ValueError, match="block must be one of"):
-        FusedBranches(2, stages=[(4, 1, 1)], num_classes=3, block="dense")
+        FusedBranches(2, [(4, 1, 1)], 3, shape, block="dense")
     with pytest.raises(ValueError, match="num_branches >= 1"):
-        FusedBranches(0, stages=[(4, 1, 1)], num_classes=3)
+        FusedBranches(0, [(4, 1, 1)], 3, shape)
     with pytest.raises(ValueError, match="stages must be"):
-        FusedBranches(2, stages=[(4, 1)], num_classes=3)
-    with pytest.raises(ValueError, match="4D feature maps"):
-        FusedBranches(2, stages=[(4, 1, 1)], num_classes=3)(keras.Input((5,)))
+        FusedBranches(2, [(4, 1)], 3, shape)
+    with pytest.raises(ValueError, match="input_shape must be"):
+        FusedBranches(2, [(4, 1, 1)], 3, (5,))
     copies, fused = pair()
     layer = fused.get_layer("fused_branches")
     with pytest.raises(ValueError, match="out of range"):
@@ -214,3 +224,39 @@ def test_errors():
     ).get_layer("branch_0")
     with pytest.raises(ValueError, match="weights of shapes"):
         layer.set_branch_weights(0, other)
+
+
+BACKEND_SCRIPT = """
+import keras_one
+from keras_one.layers import FusedConv2D
+from keras_one.models import cifar_resnet
+
+cifar_resnet(8, input_shape=(8, 8, 1))  # N copies build on every backend
+builders = [lambda: cifar_resnet(8, fused=True), lambda: FusedConv2D(2, 4, 3)]
+for build in builders:
+    try:
+        build()
+    except NotImplementedError as error:
+        print("error:", error)
+"""
+
+
+@pytest.mark.slow
+def test_other_backends_get_one_clear_error():
+    # JAX stands for every backend but TensorFlow (PyTorch takes the same
+    # path).
+    backend = "jax"
+    result = subprocess.run(
+        [sys.executable, "-c", BACKEND_SCRIPT],
+        env={**os.environ, "KERAS_BACKEND": backend},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = [line for line in result.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 2
+    for error in errors:
+        assert "needs the TensorFlow backend" in error
+        assert f"runs on {backend!r}" in error
+        assert "cifar_resnet(..., fused=False)" in error

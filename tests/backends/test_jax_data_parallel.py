@@ -1,0 +1,62 @@
+"""`keras.distribution.DataParallel` on JAX gives the weights of one device.
+
+A subprocess with two JAX CPU devices
+(`XLA_FLAGS=--xla_force_host_platform_device_count=2`) trains ONE, OKDDip
+(BatchNormalization in its attention), KD (a frozen teacher) and the
+stateful `EMAProbe` for three `fit` steps on one device and under
+`DataParallel` over both, from the same weights. JAX computes on the global
+batch (BatchNormalization statistics included), so the weights must agree
+within float32 round-off: atol 2e-6 (measured here: at most 3.1e-7). The
+parallel run's weights must live on both devices, so a run that silently
+fell back to one device fails.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "train_jax_data_parallel.py")
+METHODS = ("one", "okddip", "kd", "ema_probe")
+
+pytest.importorskip("jax")
+
+
+@pytest.mark.slow
+def test_data_parallel_equals_one_device(tmp_path):
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    output = str(tmp_path / "run")
+    process = subprocess.run(
+        [sys.executable, SCRIPT, "--output", output, *METHODS],
+        cwd=HERE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert process.returncode == 0, process.stderr[-5000:]
+    with open(output + ".json") as file:
+        record = json.load(file)
+    assert record["devices"] == 2
+    assert record["sharded"] == {name: 2 for name in METHODS}
+    weights = dict(np.load(output + ".npz"))
+    for name in METHODS:
+        keys = sorted(k for k in weights if k.startswith(f"{name}/single/"))
+        assert keys, name
+        moved = False
+        for key in keys:
+            parallel = weights[key.replace("/single/", "/parallel/")]
+            start = weights[key.replace("/single/", "/start/")]
+            np.testing.assert_allclose(
+                parallel, weights[key], rtol=0, atol=2e-6, err_msg=key
+            )
+            moved = moved or not np.allclose(weights[key], start)
+        assert moved, f"{name} did not train"
