@@ -103,10 +103,20 @@ class Distiller(KerasWorkarounds, keras.Model):
     built by `keras_one.models`, a list of logits, or a single logits tensor.
     The `method` (`keras_one.methods.ONE()`, ...) turns those outputs into
     the loss. The Distiller trains both with the usual `compile`, `fit`,
-    `evaluate` and `predict`; it honours `sample_weight`, the student's
-    regularization losses, callbacks and `tf.distribute` strategies (the
-    loss is averaged over the global batch, so a strategy gives the same
-    updates as one device).
+    `train_on_batch`, `evaluate` and `predict`, on the TensorFlow, JAX and
+    PyTorch backends (it overrides only Keras' public `compute_loss`,
+    `compute_metrics` and `train_step`); it honours `sample_weight`, the
+    student's regularization losses, callbacks, `tf.distribute` strategies
+    and `keras.distribution` on JAX (the loss is averaged over the global
+    batch, so a strategy gives the same updates as one device).
+
+    The method's schedules (its ramp-up, in epochs) follow the number of
+    training steps taken, `current_epoch = floor(steps / steps_per_epoch)`:
+    `fit` sets `steps_per_epoch` from its data; before `train_on_batch` or
+    a custom loop set `distiller.steps_per_epoch` yourself (a method with a
+    ramp-up refuses to train without it). The step count is a variable of
+    the Distiller, saved and restored with it, so a resumed run continues
+    the schedule where it stopped.
 
     It logs the total `loss`, every loss term of the method, and each
     compiled metric for every branch (`branch_0_accuracy`, ...) and for the
@@ -133,8 +143,12 @@ class Distiller(KerasWorkarounds, keras.Model):
       usual fixes as soon as the loss is NaN or infinite.
     - With `keras.callbacks.BackupAndRestore(backup_dir, save_freq=steps)`
       a run killed mid-epoch and started again resumes after the last
-      trained batch (Keras' callback alone restarts the epoch), with the
-      right `current_epoch`.
+      trained batch (Keras' callback alone restarts the epoch: see
+      `keras_one.keras_workarounds`; TensorFlow backend).
+    - Methods with state tied to the student (EMA copies of its weights)
+      create it in `Method.build_state` and update it in
+      `Method.after_train_step`, which the Distiller calls after every
+      optimizer step on every backend.
     - Mixed precision (`keras.mixed_precision.set_dtype_policy(
       "mixed_float16")` or `"mixed_bfloat16"` before building the student)
       computes the losses, their softmax and KL in float32; under
@@ -146,9 +160,12 @@ class Distiller(KerasWorkarounds, keras.Model):
         method: a `keras_one.methods.Method`, e.g. `keras_one.methods.ONE()`.
         synchronized_batch_norm: if `True`, the BatchNormalization layers of
             the student and of the method compute their training statistics
-            over the global batch under a multi-replica strategy (an
-            all-reduce per layer and step), not over each replica's share.
-            Their saved configuration is unchanged. No effect on one device.
+            over the global batch under a multi-replica `tf.distribute`
+            strategy (an all-reduce per layer and step), not over each
+            replica's share. Their saved configuration is unchanged, except
+            in checkpoints written during `fit`. No effect on one device,
+            nor on JAX, whose `keras.distribution` always computes the
+            statistics of the global batch.
         **kwargs: `keras.Model` keyword arguments, such as `name`.
 
     Example:
