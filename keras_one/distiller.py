@@ -223,7 +223,7 @@ class Distiller(KerasWorkarounds, keras.Model):
         """Checks the student's outputs and builds the method on them."""
         outputs = normalize_outputs(raw_outputs)
         check_logits(outputs)
-        self.method.check_outputs(outputs)
+        self.method.check_outputs(outputs, self.student)
         self.method.build_state(self.student)
         self.num_branches = len(outputs["branch_logits"])
         self.num_classes = outputs["branch_logits"][0].shape[-1]

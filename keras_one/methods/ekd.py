@@ -123,8 +123,8 @@ class EKD(TeacherMethod):
         names = ("ce", "kl", "ensemble_ce")
         return names + ("feature",) if self.feature_layers else names
 
-    def check_outputs(self, outputs):
-        super().check_outputs(outputs)
+    def check_outputs(self, outputs, student=None):
+        super().check_outputs(outputs, student)
         num_branches = len(outputs["branch_logits"])
         if num_branches != len(self.teachers):
             raise ValueError(

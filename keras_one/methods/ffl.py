@@ -66,14 +66,12 @@ class FFL(Method):
             temperature=temperature, rampup_epochs=rampup_epochs, **kwargs
         )
 
-    def check_outputs(self, outputs):
-        super().check_outputs(outputs)
-        warn_unless_from(
-            outputs["ensemble_logits"],
-            FusionClassifier,
-            "FFL",
-            "fusion_classifier",
-        )
+    def check_outputs(self, outputs, student=None):
+        super().check_outputs(outputs, student)
+        if student is not None:
+            warn_unless_from(
+                student, FusionClassifier, "FFL", "fusion_classifier"
+            )
 
     def compute_losses(self, labels, outputs, epoch):
         branch_logits = outputs["branch_logits"]

@@ -113,11 +113,10 @@ class MDE(Method):
         ]
         return sum(pairs) / len(pairs)
 
-    def check_outputs(self, outputs):
-        super().check_outputs(outputs)
-        warn_unless_from(
-            outputs["ensemble_logits"], FeatureFusion, "MDE", "feature_fusion"
-        )
+    def check_outputs(self, outputs, student=None):
+        super().check_outputs(outputs, student)
+        if student is not None:
+            warn_unless_from(student, FeatureFusion, "MDE", "feature_fusion")
 
     def compute_losses(self, labels, outputs, epoch):
         branch_logits = outputs["branch_logits"]

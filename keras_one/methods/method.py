@@ -84,12 +84,14 @@ class Method(keras.layers.Layer):
         self.temperature = float(temperature)
         self.rampup_epochs = rampup_epochs
 
-    def check_outputs(self, outputs):
+    def check_outputs(self, outputs, student=None):
         """Raises a clear error if the student lacks what this method needs.
 
         Args:
             outputs: the student's normalized output dict (symbolic or
                 concrete tensors).
+            student: the student model, when known (the `Distiller` passes
+                it), for checks that look at its layers.
         """
         name = type(self).__name__
         num_branches = len(outputs["branch_logits"])

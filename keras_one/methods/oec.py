@@ -83,7 +83,7 @@ class OEC(Method):
         self.kl_weight = float(kl_weight)
         self.ensemble_label_loss = bool(ensemble_label_loss)
 
-    def check_outputs(self, outputs):
+    def check_outputs(self, outputs, student=None):
         if "branch_stage_features" not in outputs:
             raise ValueError(
                 "OEC needs the student output 'branch_stage_features' (the "
@@ -92,7 +92,7 @@ class OEC(Method):
                 "with keras_one.models.oec_resnet(depth, num_classes) or "
                 "OEC().build_student('resnet32')."
             )
-        super().check_outputs(outputs)
+        super().check_outputs(outputs, student)
 
     def build_student(
         self,

@@ -68,8 +68,8 @@ class OKDDip(Method):
             temperature=temperature, rampup_epochs=rampup_epochs, **kwargs
         )
 
-    def check_outputs(self, outputs):
-        super().check_outputs(outputs)
+    def check_outputs(self, outputs, student=None):
+        super().check_outputs(outputs, student)
         num_peers = len(outputs["branch_logits"]) - 1
         if len(outputs["peer_targets"]) != num_peers:
             raise ValueError(

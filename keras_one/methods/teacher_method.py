@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_one.graph import find_producer
 from keras_one.methods.method import Method
 from keras_one.student_outputs import normalize_outputs
 
@@ -107,7 +108,12 @@ def _check_not_probabilities(teacher):
         return
     if isinstance(output, (dict, list, tuple)):
         return
-    operation = output._keras_history.operation
+    operation = find_producer(output, teacher)
+    if operation is None:
+        # The output comes from a layer that Keras' public API does not
+        # reveal (a shared layer's second call, a nested functional model).
+        # The check is a courtesy: such teachers are not checked.
+        return
     activation = getattr(operation, "activation", None)
     activation = getattr(activation, "__name__", activation)
     if isinstance(operation, keras.layers.Softmax) or activation in (

@@ -1,6 +1,7 @@
 import keras
 from keras import tree
 
+from keras_one.graph import find_producer
 from keras_one.layers.gradient_scale import GradientScale
 from keras_one.student_outputs import normalize_outputs
 
@@ -52,7 +53,15 @@ def rescale_trunk_gradient(student, scale=None, name=None):
             "built by keras_one.models.cifar_resnet or make_multi_branch; "
             f"this one returns {sorted(outputs)}."
         )
-    trunk_layer = outputs["shared_features"]._keras_history.operation
+    trunk_layer = find_producer(outputs["shared_features"], student)
+    if trunk_layer is None:
+        raise ValueError(
+            "rescale_trunk_gradient cannot find the layer of this student "
+            "that outputs 'shared_features'. The trunk must end in a layer "
+            "of the student called once (not a shared layer's second call, "
+            "nor a nested functional model), as in keras_one.models."
+            "cifar_resnet and make_multi_branch."
+        )
     if isinstance(trunk_layer, keras.layers.InputLayer):
         raise ValueError(
             "This student has no shared trunk (its branches read the input "

@@ -2,6 +2,7 @@ import difflib
 
 import keras
 
+from keras_one.graph import find_producer
 from keras_one.models import heads
 from keras_one.student_outputs import check_logits
 from keras_one.student_outputs import symbolic_io
@@ -13,27 +14,27 @@ _POOLING_LAYERS = (
 )
 
 
-def _producer(tensor):
-    return tensor._keras_history.operation
-
-
-def _find_features(logits):
+def _find_features(model, logits):
     """Finds the pooled features and feature map a classifier reads.
 
     Walks back from the logits: the input of the last layer is the pooled
     feature vector; if that comes from a global pooling (or Flatten) layer,
     possibly through Dropout, the pooling layer's input is the feature map.
+    Returns `(None, None)` where the classifier is unknown (see
+    `keras_one.graph.find_producer`).
     """
-    classifier = _producer(logits)
+    classifier = find_producer(logits, model)
+    if classifier is None:
+        return None, None
     features = classifier.input
     if isinstance(features, (list, tuple)):
         return None, None
     feature_map = None
-    node_tensor = features
-    while isinstance(_producer(node_tensor), keras.layers.Dropout):
-        node_tensor = _producer(node_tensor).input
-    if isinstance(_producer(node_tensor), _POOLING_LAYERS):
-        feature_map = _producer(node_tensor).input
+    layer = find_producer(features, model)
+    while isinstance(layer, keras.layers.Dropout):
+        layer = find_producer(layer.input, model)
+    if isinstance(layer, _POOLING_LAYERS):
+        feature_map = layer.input
     return features, feature_map
 
 
@@ -106,7 +107,7 @@ def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
             "be left to replicate. Split at an earlier layer."
         )
     shared_features = model.get_layer(split_at).output
-    features, feature_map = _find_features(logits)
+    features, feature_map = _find_features(model, logits)
     tail_outputs = {"logits": logits}
     if features is not None and features is not shared_features:
         tail_outputs["features"] = features
