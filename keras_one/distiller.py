@@ -222,7 +222,7 @@ class Distiller(KerasWorkarounds, keras.Model):
     def _wire(self, inputs, raw_outputs):
         """Checks the student's outputs and builds the method on them."""
         outputs = normalize_outputs(raw_outputs)
-        check_logits(outputs)
+        check_logits(outputs, self.student)
         self.method.check_outputs(outputs, self.student)
         self.method.build_state(self.student)
         self.num_branches = len(outputs["branch_logits"])

@@ -8,6 +8,8 @@ logits or a single logits tensor is accepted as shorthand.
 
 import keras
 
+from keras_one.graph import find_producer
+
 LOGIT_KEYS = ("branch_logits", "ensemble_logits")
 
 
@@ -57,8 +59,13 @@ def normalize_outputs(outputs):
     return outputs
 
 
-def check_logits(outputs):
-    """Raises a clear error unless all logits are `(batch, C)` of one `C`."""
+def check_logits(outputs, model=None):
+    """Raises a clear error unless all logits are `(batch, C)` of one `C`.
+
+    With the functional `model` that computed `outputs`, it also refuses
+    outputs that a softmax or sigmoid produced (probabilities, not logits),
+    where the producing layer can be found (`keras_one.graph`).
+    """
     logits = list(outputs["branch_logits"])
     if "ensemble_logits" in outputs:
         logits.append(outputs["ensemble_logits"])
@@ -70,8 +77,7 @@ def check_logits(outputs):
             "Dense(num_classes) output per branch."
         )
     for z in logits:
-        history = getattr(z, "_keras_history", None)
-        operation = history.operation if history else None
+        operation = find_producer(z, model) if model is not None else None
         activation = getattr(operation, "activation", None)
         activation = getattr(activation, "__name__", activation)
         is_softmax = isinstance(operation, keras.layers.Softmax)

@@ -123,7 +123,7 @@ def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
             "is the only input of what follows, such as the end of a block."
             f" (Keras said: {error})"
         ) from None
-    check_logits({"branch_logits": [logits]})
+    check_logits({"branch_logits": [logits]}, model)
     branch_outputs = []
     for index in range(int(num_branches)):
         branch = keras.models.clone_model(tail)
