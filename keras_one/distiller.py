@@ -376,6 +376,13 @@ class Distiller(KerasWorkarounds, keras.Model):
             poison = ops.where(ops.all(valid), 0.0, float("nan"))
             penalty = penalty + ops.cast(poison, "float32")
         if self._compiled_metric_ids is not None:
+            # This replica's mean loss, weighted by its example count: the
+            # exact global mean also when the replicas' shares differ (Keras'
+            # own tracker would log the scaled objective below).
+            self._loss_mean.update_state(
+                example_sum / ops.maximum(batch_size, 1.0) + penalty,
+                sample_weight=batch_size,
+            )
             for tracker in self._term_trackers:
                 tracker.update_state(
                     terms[tracker.name], sample_weight=batch_size
@@ -497,6 +504,7 @@ class Distiller(KerasWorkarounds, keras.Model):
             if layer is not self and isinstance(layer, keras.Model)
             for metric in layer.metrics
         }
+        self._loss_mean = keras.metrics.Mean(name="loss")
         self._term_trackers = [
             keras.metrics.Mean(name=name) for name in self.method.loss_names
         ]
@@ -521,20 +529,23 @@ class Distiller(KerasWorkarounds, keras.Model):
 
     @property
     def metrics(self):
-        """Keras' `loss` and compiled metrics, then each method term.
+        """`loss`, Keras' compiled metrics, then each method term.
 
         The metrics of compiled models inside the Distiller (a teacher
         trained with `fit` before) are not the Distiller's: left out.
         """
         if self._compiled_metric_ids is None:
             return super().metrics
+        # Keras' own `loss` tracker is replaced by the Distiller's, which
+        # is exact under `tf.distribute` (see `compute_loss`).
         metrics = [
-            m for m in super().metrics if id(m) not in self._nested_metric_ids
+            m
+            for m in super().metrics
+            if id(m) not in self._nested_metric_ids
+            and m.name != "loss"
+            and m not in self._term_trackers
         ]
-        return [
-            *metrics,
-            *(m for m in self._term_trackers if m not in metrics),
-        ]
+        return [self._loss_mean, *metrics, *self._term_trackers]
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """Updates each output's metrics; returns every metric's value."""
