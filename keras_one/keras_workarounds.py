@@ -1,10 +1,12 @@
 """Workarounds for Keras bugs: the one place that touches Keras internals.
 
 Everything else in keras-one extends Keras through its public API
-(`compute_loss`, `compute_metrics`, `train_step`, callbacks). The two
+(`compute_loss`, `compute_metrics`, `train_step`, callbacks). The three
 defects below cannot be worked around that way; each is isolated here, names
-what it fixes, and has a test that fails without it
-(tests/test_keras_workarounds.py and tests/distribute/).
+what it fixes, and has a test that fails without it: 1 in
+tests/distribute/test_multi_worker.py, 2 in
+tests/distribute/test_crash_and_resume.py, 3 in
+tests/backends/test_every_backend.py.
 
 1. keras-team/keras#20585 (and tensorflow/tensorflow#72388): with a
    `MultiWorkerMirroredStrategy` of two or more workers, Keras' TensorFlow
