@@ -12,9 +12,11 @@ standard deviation over the seeds of the mean branch, the best branch and
 the ensemble on the test set and on the held-out training images, the gain
 of the mean branch over the baseline paired by seed, and the training time;
 for the methods with pre-trained teachers, the teachers' accuracy.
-Throughput files give the images per second of every variant (median, min
-and max over the rounds) and the time ratios (median over the rounds and,
-where the file has it, its 95% confidence interval).
+Throughput files give the CPU and the libraries' versions, the images per
+second of every variant (median, min and max over the rounds) and the time
+ratios (median over the rounds and, where the file has it, its 95%
+confidence interval), among them those of keras-one's ONE on the JAX and
+PyTorch backends against TensorFlow.
 """
 
 import argparse
@@ -116,6 +118,25 @@ def accuracy_tables(results):
     return "\n".join(lines)
 
 
+# The libraries whose versions a throughput file records, as named.
+LIBRARIES = (
+    ("tensorflow", "TensorFlow"),
+    ("keras", "Keras"),
+    ("jax", "JAX"),
+    ("torch", "PyTorch"),
+)
+
+
+def _machine_line(machine):
+    """The CPU and the libraries' versions of a throughput file."""
+    # Older result files do not name the CPU.
+    cpu = machine.get("cpu", "CPU not recorded")
+    versions = ", ".join(
+        f"{label} {machine[key]}" for key, label in LIBRARIES if key in machine
+    )
+    return f"Machine: {cpu}, {machine.get('cpu_count')} cores; {versions}"
+
+
 def throughput_tables(results):
     arguments = results["arguments"]
     lines = [
@@ -125,6 +146,8 @@ def throughput_tables(results):
         f"threads {arguments.get('threads') or 'default'}, "
         f"{'CPU' if arguments.get('cpu_time') else 'wall'} time; "
         f"load average before/after {results.get('load_average')}",
+        "",
+        _machine_line(results.get("machine", {})),
         "",
         "| variant | img/s (median) | min | max |",
         "|---|---|---|---|",

@@ -23,10 +23,23 @@ Variants (`--variants`, default: all that apply):
 - `dml_fused`: the same, fused.
 - `handwritten`: a minimal hand-written Keras `train_step` with ONE's
   loss on the `one` student (the overhead reference of the Distiller).
+  It logs only the loss and has no ramp-up (distillation weight 1) and
+  no label check, so the Distiller's per-branch accuracies, loss-term
+  means, step counter and ramp-up weight count in its overhead.
 - `handwritten_fused`: the same on the fused student.
 - `*_xla`: `baseline`, `one`, `one_fused` with `jit_compile=True`.
 - `*_bf16`: `one`, `one_fused` under the `mixed_bfloat16` policy.
 - `torch`: ONE in PyTorch (channels-last), if torch is installed.
+- `one_jax`, `one_torch`: `one` on Keras' JAX and PyTorch backends
+  (`cifar_resnet(fused=False)`, `FusedBatchNormalization` computing as
+  Keras' own there), each in a process of its own that sets
+  `KERAS_BACKEND`, and trained by the `Distiller`'s `train_on_batch`
+  (its per-call overhead on JAX, the variables' state taken out and
+  written back, is included). The parent process sends it each window
+  and reads back the seconds it measured with its own clock, so
+  `--cpu-time` counts that process's CPU time. `--threads` sets
+  PyTorch's threads; JAX has no setting for its threads, so its
+  process is bound to `--threads` CPUs instead (`os.sched_setaffinity`).
 
 Example (the figures of the README):
 
@@ -35,10 +48,13 @@ Example (the figures of the README):
 """
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -61,7 +77,14 @@ ALL_VARIANTS = (
     "one_bf16",
     "one_fused_bf16",
     "torch",
+    "one_jax",
+    "one_torch",
 )
+# The variants that run `one` on another Keras backend, in a process of
+# their own (the benchmark's own process runs TensorFlow).
+OTHER_BACKENDS = {"one_jax": "jax", "one_torch": "torch"}
+# Optional packages, and the variants that need them.
+REQUIREMENTS = {"torch": "torch", **OTHER_BACKENDS}
 RATIOS = (
     ("one", "dml", "ONE-3 : three networks (N copies)"),
     ("one_fused", "dml_fused", "ONE-3 : three networks (fused)"),
@@ -77,6 +100,9 @@ RATIOS = (
     ("one_fused_bf16", "one_fused", "bfloat16 : float32 (ONE fused)"),
     ("torch", "one", "PyTorch : keras-one ONE (N copies)"),
     ("torch", "one_fused", "PyTorch : keras-one ONE (fused)"),
+    ("one_jax", "one", "JAX backend : TensorFlow (ONE)"),
+    ("one_torch", "one", "PyTorch backend : TensorFlow (ONE)"),
+    ("torch", "one_torch", "PyTorch : keras-one ONE on PyTorch"),
 )
 
 
@@ -114,6 +140,10 @@ def build_parser():
         "a shared machine)",
     )
     parser.add_argument("--output", default=None, help="JSON results path")
+    # Internal: runs one of OTHER_BACKENDS for the benchmark's process.
+    parser.add_argument(
+        "--worker", choices=OTHER_BACKENDS, help=argparse.SUPPRESS
+    )
     return parser
 
 
@@ -276,11 +306,115 @@ def build_variant(name, args, images, labels):
     return step
 
 
+def build_backend_variant(args, images, labels):
+    """`one` on this process's Keras backend (JAX or PyTorch): a step.
+
+    The same student, method and optimizer as `one`, trained by the
+    Distiller's `train_on_batch`, which returns when the step is done.
+    """
+    import keras
+
+    from keras_one import Distiller
+    from keras_one import methods
+
+    model = Distiller(_network(args, num_branches=args.branches), methods.ONE())
+    model.compile(optimizer=_sgd())
+    # As after `one`'s `fit(steps_per_epoch=1)`: one step per epoch.
+    model.steps_per_epoch = 1
+    images = keras.ops.convert_to_tensor(images)
+    labels = keras.ops.convert_to_tensor(labels)
+
+    def step():
+        return model.train_on_batch(images, labels)
+
+    return step
+
+
+class BackendProcess:
+    """Runs one of `OTHER_BACKENDS` in a process of its own.
+
+    The process (this script with `--worker`) builds the variant on its
+    Keras backend, then times each window it is sent with its own clock.
+    Calling the object times a window of `steps` steps there.
+    """
+
+    def __init__(self, name, args):
+        argv = [sys.executable, os.path.abspath(__file__), "--worker", name]
+        for option in (
+            "model",
+            "batch_size",
+            "branches",
+            "num_classes",
+            "image_size",
+            "threads",
+        ):
+            value = getattr(args, option)
+            if value is not None:
+                argv += [f"--{option.replace('_', '-')}", str(value)]
+        if args.cpu_time:
+            argv.append("--cpu-time")
+        environment = {**os.environ, "KERAS_BACKEND": OTHER_BACKENDS[name]}
+        self.name = name
+        self.process = subprocess.Popen(
+            argv,
+            env=environment,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.info = json.loads(self._read())
+
+    def __call__(self, steps):
+        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.flush()
+        return float(self._read())
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(
+                f"The {self.name} process ended (exit status "
+                f"{self.process.wait()}); its error is printed above."
+            )
+        return line
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve(args):
+    """The `--worker` process: builds the variant, then times windows.
+
+    It answers on its own copy of the standard output, and sends what
+    the libraries print there to the standard error instead.
+    """
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    backend = OTHER_BACKENDS[args.worker]
+    info = {}
+    if args.threads and backend == "jax":
+        cpus = sorted(os.sched_getaffinity(0))[: args.threads]
+        os.sched_setaffinity(0, cpus)
+        info["cpus"] = cpus
+    if args.threads and backend == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(args.threads)
+        info["torch_threads"] = torch.get_num_threads()
+    window = timed(build_backend_variant(args, *make_batch(args)), args)
+    import keras
+
+    info["backend"] = keras.backend.backend()
+    channel.write(json.dumps(info) + "\n")
+    for line in sys.stdin:
+        channel.write(f"{window(int(line))!r}\n")
+
+
 def _sync(result):
     """Waits for a step's results (TensorFlow may run asynchronously)."""
-    import tensorflow as tf
-
-    if isinstance(result, tf.experimental.Optional):
+    if hasattr(result, "get_value"):  # a `tf.experimental.Optional`
         result = result.get_value()
     if isinstance(result, dict):
         for value in result.values():
@@ -292,23 +426,36 @@ def _sync(result):
 # === Timing ===
 
 
-def measure(steps, args):
-    """Times the steps in interleaved windows; returns img/s per round."""
-    for step in steps.values():
-        for _ in range(args.warmup_steps):
-            _sync(step())
+def timed(step, args):
+    """A window of `step`: runs it `steps` times, returns the seconds."""
     clock = time.process_time if args.cpu_time else time.perf_counter
-    speeds = {name: [] for name in steps}
-    order = list(steps)
+
+    def window(steps):
+        result = None
+        start = clock()
+        for _ in range(steps):
+            result = step()
+        _sync(result)
+        return clock() - start
+
+    return window
+
+
+def measure(windows, args):
+    """Times the variants in interleaved windows; returns img/s per round.
+
+    `windows` maps each variant to a function that runs `n` training steps
+    and returns the seconds they took (`timed`, or a `BackendProcess`).
+    """
+    if args.warmup_steps:
+        for window in windows.values():
+            window(args.warmup_steps)
+    speeds = {name: [] for name in windows}
+    order = list(windows)
     for round_index in range(args.rounds):
         # Every other round runs the variants in reverse order.
         for name in order if round_index % 2 == 0 else order[::-1]:
-            step = steps[name]
-            start = clock()
-            for _ in range(args.window_steps):
-                result = step()
-            _sync(result)
-            seconds = clock() - start
+            seconds = windows[name](args.window_steps)
             speeds[name].append(args.window_steps * args.batch_size / seconds)
         line = ", ".join(f"{n} {v[-1]:.0f}" for n, v in speeds.items())
         print(f"round {round_index + 1}: {line} img/s", flush=True)
@@ -368,8 +515,19 @@ def summarize(speeds):
     return table, ratios
 
 
+def make_batch(args):
+    """The fixed batch every variant trains on (the same in every process)."""
+    rng = np.random.default_rng(0)
+    shape = (args.batch_size, args.image_size, args.image_size, 3)
+    images = rng.normal(size=shape).astype("float32")
+    labels = rng.integers(0, args.num_classes, args.batch_size).astype("int32")
+    return images, labels
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.worker:
+        return serve(args)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import tensorflow as tf
 
@@ -377,26 +535,30 @@ def main(argv=None):
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     variants = list(args.variants or ALL_VARIANTS)
-    if "torch" in variants:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+    for name, package in REQUIREMENTS.items():
+        if name in variants and importlib.util.find_spec(package) is None:
             print(
-                "skipping torch: PyTorch is not installed (pip install torch)"
+                f"skipping {name}: {package} is not installed "
+                f"(pip install {package})"
             )
-            variants.remove("torch")
-    rng = np.random.default_rng(0)
-    shape = (args.batch_size, args.image_size, args.image_size, 3)
-    images = rng.normal(size=shape).astype("float32")
-    labels = rng.integers(0, args.num_classes, args.batch_size).astype("int32")
-    steps = {}
-    for name in variants:
-        start = time.perf_counter()
-        steps[name] = build_variant(name, args, images, labels)
-        print(f"built {name} in {time.perf_counter() - start:.0f} s")
-    load_before = os.getloadavg()
-    speeds = measure(steps, args)
-    load_after = os.getloadavg()
+            variants.remove(name)
+    images, labels = make_batch(args)
+    windows, processes = {}, {}
+    try:
+        for name in variants:
+            start = time.perf_counter()
+            if name in OTHER_BACKENDS:
+                windows[name] = processes[name] = BackendProcess(name, args)
+            else:
+                step = build_variant(name, args, images, labels)
+                windows[name] = timed(step, args)
+            print(f"built {name} in {time.perf_counter() - start:.0f} s")
+        load_before = os.getloadavg()
+        speeds = measure(windows, args)
+        load_after = os.getloadavg()
+    finally:
+        for process in processes.values():
+            process.close()
     table, ratios = summarize(speeds)
     print(f"\nTraining throughput, {args.model}, batch {args.batch_size}")
     print(f"load average before {load_before}, after {load_after}")
@@ -413,7 +575,7 @@ def main(argv=None):
         print(f"{label:45s} {ratio['time_ratio']:7.3f} {interval:>13s}")
     results = {
         "arguments": vars(args),
-        "machine": _machine(),
+        "machine": _machine(processes),
         "images_per_second": table,
         "time_ratios": ratios,
         # 1-, 5- and 15-minute load averages: about the number of cores
@@ -429,7 +591,7 @@ def main(argv=None):
     return results
 
 
-def _machine():
+def _machine(processes):
     import platform
 
     import keras
@@ -437,6 +599,7 @@ def _machine():
 
     machine = {
         "platform": platform.platform(),
+        "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -451,7 +614,26 @@ def _machine():
         machine["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
+    if "one_jax" in processes:
+        machine["jax"] = importlib.metadata.version("jax")
+    # Each backend process's Keras backend, and its bound CPUs or threads.
+    for name, process in processes.items():
+        machine[name] = process.info
     return machine
+
+
+def _cpu_name():
+    """The CPU's model name, as `lscpu` shows it (Linux), or the platform's."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ class Distiller(KerasWorkarounds, keras.Model):
     def call(self, inputs, training=None):
         return normalize_outputs(self.student(inputs, training=training))
 
-    def _labels(self, labels):
+    def _labels(self, labels, check=True):
         labels = ops.convert_to_tensor(labels)
         shape = tuple(labels.shape)
         if len(shape) == 2 and shape[-1] == 1:
@@ -305,6 +305,8 @@ class Distiller(KerasWorkarounds, keras.Model):
                 f"(batch, 1); got shape {shape}.{hint}"
             )
         labels = ops.cast(labels, "int32")
+        if not check:
+            return labels, None
         valid = ops.logical_and(
             ops.greater_equal(labels, 0), ops.less(labels, self.num_classes)
         )
@@ -549,7 +551,7 @@ class Distiller(KerasWorkarounds, keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """Updates each output's metrics; returns every metric's value."""
-        labels, _ = self._labels(y)
+        labels, _ = self._labels(y, check=False)  # checked in compute_loss
         predictions = list(y_pred["branch_logits"])
         if len(predictions) > 1:
             if "ensemble_logits" in y_pred:

@@ -5,6 +5,8 @@ import importlib.util
 import json
 import math
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -279,6 +281,39 @@ def test_throughput_benchmark_tiny(tmp_path, capsys):
     assert results["time_ratios"].keys() == saved["time_ratios"].keys()
 
 
+@pytest.mark.slow
+def test_throughput_benchmark_other_backends(tmp_path):
+    # From the command line: `--threads` configures TensorFlow, which can
+    # only be done before it starts (here, other tests have started it).
+    output = tmp_path / "throughput.json"
+    subprocess.run(
+        [sys.executable, str(BENCH / "throughput.py"),
+         "--model", "resnet8", "--batch-size", "4", "--image-size", "8",
+         "--rounds", "1", "--window-steps", "1", "--warmup-steps", "1",
+         "--variants", "one", "one_jax", "one_torch", "--threads", "1",
+         "--cpu-time", "--output", str(output)],
+        check=True,
+    )  # fmt: skip
+    results = json.loads(output.read_text())
+    speeds = results["images_per_second"]
+    assert sorted(speeds) == ["one", "one_jax", "one_torch"]
+    assert all(stats["min"] > 0 for stats in speeds.values())
+    for name, label in (
+        ("one_jax", "JAX backend : TensorFlow (ONE)"),
+        ("one_torch", "PyTorch backend : TensorFlow (ONE)"),
+    ):
+        ratio = results["time_ratios"][label]
+        np.testing.assert_allclose(
+            ratio["time_ratio"],
+            speeds["one"]["per_round"][0] / speeds[name]["per_round"][0],
+        )
+    # Each variant ran on its own backend, with the threads it was given.
+    machine = results["machine"]
+    assert machine["one_jax"]["backend"] == "jax"
+    assert len(machine["one_jax"]["cpus"]) == 1
+    assert machine["one_torch"] == {"backend": "torch", "torch_threads": 1}
+
+
 def test_throughput_alternates_the_order_of_the_variants():
     throughput = load_script("throughput")
     calls = []
@@ -290,11 +325,14 @@ def test_throughput_alternates_the_order_of_the_variants():
 
         return step
 
-    steps = {name: make_step(name) for name in ("a", "b", "c")}
     args = argparse.Namespace(
         rounds=3, window_steps=2, warmup_steps=0, batch_size=4, cpu_time=False
     )
-    speeds = throughput.measure(steps, args)
+    windows = {
+        name: throughput.timed(make_step(name), args)
+        for name in ("a", "b", "c")
+    }
+    speeds = throughput.measure(windows, args)
     assert "".join(calls) == "".join(["aabbcc", "ccbbaa", "aabbcc"])
     assert {name: len(values) for name, values in speeds.items()} == {
         "a": 3, "b": 3, "c": 3,
@@ -372,3 +410,32 @@ def test_readme_tables_pair_seeds(tmp_path, capsys):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a benchmark result"):
         tables.main([str(tmp_path / "other.json")])
+
+
+def test_readme_tables_throughput(tmp_path, capsys):
+    tables = load_script("readme_tables")
+    throughput = load_script("throughput")
+    speeds = {"one": [100.0, 90.0], "one_jax": [50.0, 60.0]}
+    table, ratios = throughput.summarize(speeds)
+    arguments = vars(throughput.build_parser().parse_args(["--cpu-time"]))
+    results = {
+        "arguments": arguments,
+        "machine": {"cpu": "AMD EPYC", "cpu_count": 2, "keras": "3.15.1",
+                    "jax": "0.10.2"},
+        "images_per_second": table,
+        "time_ratios": ratios,
+    }  # fmt: skip
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps(results))
+    tables.main([str(path)])
+    printed = capsys.readouterr().out
+    assert "Machine: AMD EPYC, 2 cores; Keras 3.15.1, JAX 0.10.2" in printed
+    rows = {}
+    for line in printed.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells
+    assert rows["one_jax"][1:] == ["55", "50", "60"]
+    # Per round, the time of JAX over that of TensorFlow: 2 and 1.5.
+    assert rows["JAX backend : TensorFlow (ONE)"][1:] == [
+        "1.750", "-", "2.00, 1.50",
+    ]  # fmt: skip
