@@ -1,0 +1,79 @@
+"""Trains `EMAProbe` on one device and under a 2-replica MirroredStrategy.
+
+Launched by tests/backends/test_stateful_method.py (TensorFlow backend).
+The CPU is split into two logical devices before TensorFlow starts; both
+runs start from the same weights and train one epoch of three steps; the
+student's weights and the probe's averages go to `--output` (.npz).
+"""
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "distribute"))
+
+
+def main(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    (cpu,) = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    import keras
+    import method_zoo
+    import numpy as np
+    from ema_probe import EMAProbe
+
+    from keras_one import Distiller
+
+    x, y = method_zoo.make_images(48)
+    x, y = x.astype("float64"), y
+
+    def train(strategy, start):
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            method = EMAProbe()
+            student = method.build_student(
+                "resnet8",
+                num_classes=method_zoo.NUM_CLASSES,
+                input_shape=method_zoo.INPUT_SHAPE,
+                num_branches=2,
+            )
+            distiller = Distiller(student, method, synchronized_batch_norm=True)
+            distiller.compile(
+                optimizer=keras.optimizers.SGD(0.05, momentum=0.9)
+            )
+        if start is not None:
+            distiller.set_weights(start)
+        start = distiller.get_weights()
+        distiller.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        values = {
+            f"student/{i:04d}": np.array(w.numpy())
+            for i, w in enumerate(distiller.student.trainable_weights)
+        }
+        values.update(
+            {
+                f"average/{i:04d}": np.array(a.numpy())
+                for i, a in enumerate(method.averages)
+            }
+        )
+        return start, values
+
+    keras.config.set_floatx("float64")
+    keras.mixed_precision.set_dtype_policy("float64")
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    start, single = train(tf.distribute.OneDeviceStrategy(devices[0]), None)
+    _, mirrored = train(tf.distribute.MirroredStrategy(devices), start)
+    results = {f"single/{k}": v for k, v in single.items()}
+    results.update({f"mirrored/{k}": v for k, v in mirrored.items()})
+    np.savez(args.output, **results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
