@@ -34,7 +34,19 @@ setup(
         "cpu": ["tensorflow-cpu>=2.18"],
         "gpu": ["tensorflow[and-cuda]>=2.18"],
         "tf": ["tensorflow>=2.18"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "pdoc>=14"],
+        # jax and torch run the backend-portable tests
+        # (`KERAS_BACKEND=jax pytest -m backend_portable tests`). torch is
+        # pinned, as Keras' own test requirements pin it: pip then takes
+        # the 2.13.0+cpu wheel that the CI machines keep on disk, where any
+        # newer torch would come as the multi-GB CUDA build.
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "ruff>=0.6",
+            "pdoc>=14",
+            "jax",
+            "torch==2.13.0",
+        ],
         "docs": ["pdoc>=14"],
     },
     entry_points={"console_scripts": ["keras-one=keras_one.cli:main"]},

@@ -492,12 +492,12 @@ class Distiller(KerasWorkarounds, keras.Model):
         # list per output, named `branch_0_accuracy`, ...,
         # `ensemble_accuracy`: callbacks find them by these names, so
         # `EarlyStopping("val_ensemble_accuracy")` knows to maximize it.
+        per_output = [[_make_metric(m, p) for m in ids] for p in prefixes]
+        if len(prefixes) == 1:
+            # One output: a flat list (Keras < 3.14 refuses a nested one).
+            per_output = per_output[0]
         super().compile(
-            optimizer=optimizer,
-            weighted_metrics=[
-                [_make_metric(m, prefix) for m in ids] for prefix in prefixes
-            ],
-            **kwargs,
+            optimizer=optimizer, weighted_metrics=per_output, **kwargs
         )
         self._compiled_metric_ids = ids
         self._nested_metric_ids = {
@@ -553,12 +553,14 @@ class Distiller(KerasWorkarounds, keras.Model):
         """Updates each output's metrics; returns every metric's value."""
         labels, _ = self._labels(y, check=False)  # checked in compute_loss
         predictions = list(y_pred["branch_logits"])
-        if len(predictions) > 1:
+        if len(predictions) == 1:
+            y, y_pred = labels, predictions[0]
+        else:
             if "ensemble_logits" in y_pred:
                 predictions.append(y_pred["ensemble_logits"])
             else:
                 predictions.append(ops.mean(ops.stack(predictions), axis=0))
-        y, y_pred = [labels] * len(predictions), predictions
+            y, y_pred = [labels] * len(predictions), predictions
         logs = super().compute_metrics(x, y, y_pred, sample_weight)
         return multi_worker_logs(self._distribute_strategy_or_none(), logs)
 

@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny learnable data and tiny students, fast on 2 CPUs."""
+"""Shared fixtures: tiny learnable data and tiny students, fast on 2 CPUs.
+
+The suite runs on the Keras backend that `KERAS_BACKEND` names. On JAX and
+PyTorch only the tests marked `backend_portable` run (the others are
+skipped): `KERAS_BACKEND=jax pytest -m backend_portable tests`.
+"""
 
 import os
 
@@ -7,8 +12,66 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from keras import ops  # noqa: E402
 
 from keras_one import models  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "backend_portable: also runs on the JAX and PyTorch backends "
+        "(KERAS_BACKEND=jax or torch); unmarked tests are TensorFlow only",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    skip = pytest.mark.skip(
+        reason=f"TensorFlow only (not backend_portable); backend: {backend}"
+    )
+    for item in items:
+        if "backend_portable" not in item.keywords:
+            item.add_marker(skip)
+
+
+def compute_gradients(loss_fn, variables):
+    """Gradients of the scalar `loss_fn()` on the current backend, in NumPy.
+
+    One array per `keras.Variable` of `variables` (layer weights, or inputs
+    wrapped in `keras.Variable`), zeros where the loss does not depend on
+    it: TensorFlow and PyTorch say None there, JAX says zeros.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        gradients = tape.gradient(loss, variables)
+    elif backend == "jax":
+        import jax
+
+        def stateless_loss(values):
+            mapping = list(zip(variables, values, strict=True))
+            with keras.StatelessScope(state_mapping=mapping):
+                return loss_fn()
+
+        gradients = jax.grad(stateless_loss)([v.value for v in variables])
+    elif backend == "torch":
+        import torch
+
+        gradients = torch.autograd.grad(
+            loss_fn(), [v.value for v in variables], allow_unused=True
+        )
+    else:
+        raise NotImplementedError(f"No gradients on backend {backend}.")
+    return [
+        np.zeros(v.shape, v.dtype) if g is None else ops.convert_to_numpy(g)
+        for v, g in zip(variables, gradients, strict=True)
+    ]
 
 
 def make_images(num_examples=96, num_classes=4, shape=(8, 8, 1), seed=0):
@@ -29,6 +92,12 @@ def seeded():
     keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(0)
     yield
+
+
+@pytest.fixture
+def gradients():
+    """`gradients(loss_fn, variables)`: see `compute_gradients`."""
+    return compute_gradients
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and mask is None
             and self.center
             and self.scale
-            and not self.renorm
+            and not getattr(self, "renorm", False)  # Keras >= 3.14 has it
             and not self.synchronized
         )
 

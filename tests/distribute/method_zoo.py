@@ -125,3 +125,10 @@ def weights_of(model):
         f"{index:04d}:{variable.path}": np.array(variable.numpy())
         for index, variable in enumerate(model.weights)
     }
+
+
+def all_layers(model):
+    """`model` and every layer nested in it (public attributes only)."""
+    from keras_one.distiller import _all_layers
+
+    return list(_all_layers(model))

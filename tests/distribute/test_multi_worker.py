@@ -3,8 +3,8 @@
 Keras 3.15's `fit` fails with two or more workers (keras-team/keras#20585):
 first in `_maybe_symbolic_build`, which reduces a data batch across the
 workers, then when it reduces the step's scalar logs with
-`strategy.reduce("MEAN", value, axis=0)`. The Distiller avoids both (see
-`Distiller._maybe_symbolic_build` and `Distiller._update_metrics`). Here
+`strategy.reduce("MEAN", value, axis=0)`. keras_one/keras_workarounds.py
+avoids both; this is the test that fails without it. Here
 two workers train ONE with `fit` on the two halves of each global batch
 and must end with the weights of one process trained on the same global
 batches. Every process has a time limit, and the workers' collectives

@@ -155,7 +155,14 @@ def main(argv):
             keras.config.set_dtype_policy("float32")
             reference = method_zoo.make_distiller(method, seed=seed)
             batch = (x[:32], y[:32], sample_weight[:32])
-            loss = reference._forward_and_loss(*batch, training=True)[3]
+            inputs, labels, weights = batch
+            loss = reference.compute_loss(
+                inputs,
+                labels,
+                reference(inputs, training=True),
+                weights,
+                training=True,
+            )
             float32_first_loss = float(loss)
         report[f"{run}/{method}"] = {
             "history": history.history,
@@ -169,7 +176,7 @@ def main(argv):
             # The flag is set only while a step runs: never left behind.
             "synchronized_after_fit": any(
                 getattr(layer, "synchronized", False)
-                for layer in distiller._flatten_layers()
+                for layer in method_zoo.all_layers(distiller)
             ),
         }
         print(

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 import keras_one
 from keras_one import methods
@@ -67,6 +68,7 @@ def test_defaults_and_registry():
     assert not any(t.trainable for t in method.teachers)
 
 
+@pytest.mark.backend_portable
 def test_loss_matches_numpy(tiny_data):
     x, y = tiny_data
     x, y = x[:16], y[:16]
@@ -77,8 +79,10 @@ def test_loss_matches_numpy(tiny_data):
     distiller.compile()
     logs = distiller.test_on_batch(x, y, return_dict=True)
     outputs = student(x, training=False)
-    branch = [np.asarray(z) for z in outputs["branch_logits"]]
-    teacher_logits = [np.asarray(t(x, training=False)) for t in teachers]
+    branch = [ops.convert_to_numpy(z) for z in outputs["branch_logits"]]
+    teacher_logits = [
+        ops.convert_to_numpy(t(x, training=False)) for t in teachers
+    ]
     ce = 0.3 * sum(np_ce(y, z) for z in branch).mean()
     kl = (
         0.7
@@ -94,6 +98,7 @@ def test_loss_matches_numpy(tiny_data):
     np.testing.assert_allclose(logs["loss"], ce + kl + ensemble_ce, rtol=1e-5)
 
 
+@pytest.mark.backend_portable
 def test_gate_head_gives_a_learned_ensemble(tiny_data):
     x, y = tiny_data
     x, y = x[:16], y[:16]
@@ -103,12 +108,15 @@ def test_gate_head_gives_a_learned_ensemble(tiny_data):
     )
     distiller.compile()
     logs = distiller.test_on_batch(x, y, return_dict=True)
-    ensemble = np.asarray(student(x, training=False)["ensemble_logits"])
+    ensemble = ops.convert_to_numpy(
+        student(x, training=False)["ensemble_logits"]
+    )
     np.testing.assert_allclose(
         logs["ensemble_ce"], np_ce(y, ensemble).mean(), rtol=1e-5
     )
 
 
+@pytest.mark.backend_portable
 def test_feature_loss_matches_numpy(tiny_data):
     x, y = tiny_data
     x, y = x[:16], y[:16]
@@ -127,12 +135,11 @@ def test_feature_loss_matches_numpy(tiny_data):
         target = keras.Model(
             teacher.input, teacher.get_layer("stage3_block1_out").output
         )(x, training=False)
-        kernel, bias = (np.asarray(w) for w in method.adapters[index].weights)
-        adapted = (
-            np.einsum("bhwc,cd->bhwd", np.asarray(maps[index]), kernel[0, 0])
-            + bias
-        )
-        expected += np.mean((adapted - np.asarray(target)) ** 2, axis=(1, 2, 3))
+        kernel, bias = (w.numpy() for w in method.adapters[index].weights)
+        feature_map = ops.convert_to_numpy(maps[index])
+        adapted = np.einsum("bhwc,cd->bhwd", feature_map, kernel[0, 0]) + bias
+        target = ops.convert_to_numpy(target)
+        expected += np.mean((adapted - target) ** 2, axis=(1, 2, 3))
     np.testing.assert_allclose(
         logs["feature"], 0.5 * expected.mean(), rtol=1e-5
     )

@@ -3,6 +3,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 import keras_one
 from keras_one import methods
@@ -18,6 +19,8 @@ def np_log_softmax(z):
 def np_kd_terms(labels, student_logits, teacher_logits, alpha=0.9, T=4.0):
     """Hinton's KD written from the paper; batch means of CE and KL."""
     n = len(labels)
+    student_logits = np.asarray(student_logits, "float64")
+    teacher_logits = np.asarray(teacher_logits, "float64")
     ce = -np_log_softmax(student_logits)[np.arange(n), labels]
     p = np.exp(np_log_softmax(teacher_logits / T))
     kl = (T * T) * np.sum(
@@ -61,6 +64,7 @@ def test_defaults_and_registry():
     assert not method.teacher.trainable
 
 
+@pytest.mark.backend_portable
 def test_loss_matches_numpy(tiny_data):
     x, y = tiny_data
     x, y = x[:16], y[:16]
@@ -71,15 +75,17 @@ def test_loss_matches_numpy(tiny_data):
     logs = distiller.test_on_batch(x, y, return_dict=True)
     ce, kl = np_kd_terms(
         y,
-        np.asarray(student(x, training=False)),
-        np.asarray(teacher(x, training=False)),
+        ops.convert_to_numpy(student(x, training=False)),
+        ops.convert_to_numpy(teacher(x, training=False)),
         alpha=0.7,
     )
     np.testing.assert_allclose(logs["ce"], ce, rtol=1e-5)
-    np.testing.assert_allclose(logs["kl"], kl, rtol=1e-5)
+    # Two untrained networks: a small KL, summed in float32.
+    np.testing.assert_allclose(logs["kl"], kl, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logs["loss"], ce + kl, rtol=1e-5)
 
 
+@pytest.mark.backend_portable
 def test_every_branch_distils(tiny_data):
     x, y = tiny_data
     x, y = x[:16], y[:16]
@@ -88,9 +94,9 @@ def test_every_branch_distils(tiny_data):
     distiller = keras_one.Distiller(student, KD(teacher, temperature=2.0))
     distiller.compile()
     logs = distiller.test_on_batch(x, y, return_dict=True)
-    teacher_logits = np.asarray(teacher(x, training=False))
+    teacher_logits = ops.convert_to_numpy(teacher(x, training=False))
     terms = [
-        np_kd_terms(y, np.asarray(z), teacher_logits, T=2.0)
+        np_kd_terms(y, ops.convert_to_numpy(z), teacher_logits, T=2.0)
         for z in student(x, training=False)["branch_logits"]
     ]
     np.testing.assert_allclose(logs["ce"], terms[0][0] + terms[1][0], 1e-5)
