@@ -36,3 +36,29 @@ class EMAProbe(ONE):
             self.averages, student.trainable_weights, strict=True
         ):
             average.assign(self.decay * average + (1.0 - self.decay) * weight)
+
+
+def probe_distiller(strategy=None):
+    """An `EMAProbe` Distiller on the method zoo's tiny 2-branch student.
+
+    Built inside `strategy.scope()` when a `tf.distribute` strategy is given.
+    """
+    import contextlib
+
+    import method_zoo
+
+    from keras_one import Distiller
+
+    scope = (
+        strategy.scope() if strategy is not None else contextlib.nullcontext()
+    )
+    with scope:
+        keras.utils.set_random_seed(0)
+        method = EMAProbe()
+        student = method.build_student(
+            "resnet8",
+            num_classes=method_zoo.NUM_CLASSES,
+            input_shape=method_zoo.INPUT_SHAPE,
+            num_branches=2,
+        )
+        return Distiller(student, method, synchronized_batch_norm=True)

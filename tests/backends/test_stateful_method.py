@@ -22,20 +22,11 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "distribute"))
 
 import method_zoo  # noqa: E402
-from ema_probe import EMAProbe  # noqa: E402
-
-import keras_one  # noqa: E402
+from ema_probe import probe_distiller  # noqa: E402
 
 
-def probe_distiller():
-    method = EMAProbe()
-    student = method.build_student(
-        "resnet8",
-        num_classes=method_zoo.NUM_CLASSES,
-        input_shape=method_zoo.INPUT_SHAPE,
-        num_branches=2,
-    )
-    distiller = keras_one.Distiller(student, method)
+def compiled_probe():
+    distiller = probe_distiller()
     distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     return distiller
 
@@ -46,7 +37,7 @@ def averages(distiller):
 
 def test_state_is_saved_and_restored(tmp_path):
     x, y = method_zoo.make_images(32)
-    trained = probe_distiller()
+    trained = compiled_probe()
     before = averages(trained)
     trained.fit(x, y, batch_size=16, epochs=1, verbose=0)
     after = averages(trained)
@@ -54,7 +45,7 @@ def test_state_is_saved_and_restored(tmp_path):
         not np.allclose(a, b) for a, b in zip(before, after, strict=True)
     )
     trained.save_weights(tmp_path / "probe.weights.h5")
-    restored = probe_distiller()
+    restored = compiled_probe()
     restored.load_weights(tmp_path / "probe.weights.h5")
     for a, b in zip(after, averages(restored), strict=True):
         np.testing.assert_array_equal(a, b)

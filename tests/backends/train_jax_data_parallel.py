@@ -28,22 +28,12 @@ def main(argv):
     import keras
     import method_zoo
     import numpy as np
-    from ema_probe import EMAProbe
-
-    from keras_one import Distiller
+    from ema_probe import probe_distiller
 
     def build(name):
-        if name != "ema_probe":
-            return method_zoo.make_distiller(name)
-        keras.utils.set_random_seed(0)
-        method = EMAProbe()
-        student = method.build_student(
-            "resnet8",
-            num_classes=method_zoo.NUM_CLASSES,
-            input_shape=method_zoo.INPUT_SHAPE,
-            num_branches=2,
-        )
-        return Distiller(student, method)
+        if name == "ema_probe":
+            return probe_distiller()
+        return method_zoo.make_distiller(name)
 
     def train(name, start):
         distiller = build(name)

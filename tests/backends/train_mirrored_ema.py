@@ -28,24 +28,15 @@ def main(argv):
     import keras
     import method_zoo
     import numpy as np
-    from ema_probe import EMAProbe
-
-    from keras_one import Distiller
+    from ema_probe import probe_distiller
 
     x, y = method_zoo.make_images(48)
     x, y = x.astype("float64"), y
 
     def train(strategy, start):
+        distiller = probe_distiller(strategy)
+        method = distiller.method
         with strategy.scope():
-            keras.utils.set_random_seed(0)
-            method = EMAProbe()
-            student = method.build_student(
-                "resnet8",
-                num_classes=method_zoo.NUM_CLASSES,
-                input_shape=method_zoo.INPUT_SHAPE,
-                num_branches=2,
-            )
-            distiller = Distiller(student, method, synchronized_batch_norm=True)
             distiller.compile(
                 optimizer=keras.optimizers.SGD(0.05, momentum=0.9)
             )

@@ -43,9 +43,8 @@ def main(argv):
     import keras
     import method_zoo
     import numpy as np
-    from ema_probe import EMAProbe
+    from ema_probe import probe_distiller
 
-    from keras_one import Distiller
     from keras_one import methods
 
     x, y = method_zoo.make_images(32)
@@ -54,15 +53,7 @@ def main(argv):
     names = [*methods.names(), "ema_probe"]
     for name in names:
         if name == "ema_probe":
-            keras.utils.set_random_seed(0)
-            method = EMAProbe()
-            student = method.build_student(
-                "resnet8",
-                num_classes=method_zoo.NUM_CLASSES,
-                input_shape=method_zoo.INPUT_SHAPE,
-                num_branches=2,
-            )
-            distiller = Distiller(student, method)
+            distiller = probe_distiller()
         else:
             distiller = method_zoo.make_distiller(name)
         distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
