@@ -88,9 +88,10 @@ class _NonFiniteLossGuard(keras.callbacks.Callback):
             "learning rate too high for the start of training (lower it, add "
             "a warm-up, or clip gradients, e.g. SGD(..., clipnorm=1.0)); "
             "inputs holding NaN or inf, or far from unit scale (check and "
-            "normalize them); float16 overflow (under the 'mixed_float16' "
-            "policy keep the loss scaling that compile() adds, or use "
-            "'mixed_bfloat16')."
+            "normalize them); labels outside [0, num_classes) (on the JAX "
+            "and PyTorch backends they make the loss NaN); float16 "
+            "overflow (under the 'mixed_float16' policy keep the loss "
+            "scaling that compile() adds, or use 'mixed_bfloat16')."
         )
 
 
@@ -241,7 +242,7 @@ class Distiller(KerasWorkarounds, keras.Model):
         """Steps in an epoch: converts the step count into epochs.
 
         The method's schedules (its ramp-up, in epochs) follow the
-        optimizer's step count, `epoch = floor(iterations /
+        Distiller's count of training steps, `epoch = floor(steps /
         steps_per_epoch)`, so `fit`, `train_on_batch` and a custom loop
         train identically. `fit` sets it from its data; for
         `train_on_batch` or a custom loop, set it before training
@@ -397,8 +398,7 @@ class Distiller(KerasWorkarounds, keras.Model):
         Under a `tf.distribute` strategy the replicas' gradients are summed,
         so each replica differentiates its examples' summed loss divided by
         the global batch size (all-reduced: the last batch may split
-        unevenly), plus its share of the batch-independent terms; Keras
-        multiplies the logged value back by the number of replicas. On one
+        unevenly), plus its share of the batch-independent terms. On one
         device, and on JAX (whose `keras.distribution` computes on the global
         batch), this is the mean loss plus the penalties.
         """
