@@ -89,7 +89,7 @@ class _NonFiniteLossGuard(keras.callbacks.Callback):
             "a warm-up, or clip gradients, e.g. SGD(..., clipnorm=1.0)); "
             "inputs holding NaN or inf, or far from unit scale (check and "
             "normalize them); labels outside [0, num_classes) (on the JAX "
-            "and PyTorch backends they make the loss NaN); float16 "
+            "backend they make the loss NaN); float16 "
             "overflow (under the 'mixed_float16' policy keep the loss "
             "scaling that compile() adds, or use 'mixed_bfloat16')."
         )
@@ -311,17 +311,20 @@ class Distiller(KerasWorkarounds, keras.Model):
         valid = ops.logical_and(
             ops.greater_equal(labels, 0), ops.less(labels, self.num_classes)
         )
+        message = (
+            f"Labels must lie in [0, {self.num_classes}) for a student with "
+            f"{self.num_classes} classes: check the labels, or build the "
+            "student with more classes."
+        )
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            tf.debugging.Assert(
-                tf.reduce_all(valid),
-                [
-                    f"Labels must lie in [0, {self.num_classes}) for a "
-                    f"student with {self.num_classes} classes: check the "
-                    "labels, or build the student with more classes."
-                ],
-            )
+            tf.debugging.Assert(tf.reduce_all(valid), [message])
+        elif keras.backend.backend() == "torch":
+            # Eager: the values are known here. (JAX's compiled step cannot
+            # raise; `compute_loss` makes its loss NaN instead.)
+            if not bool(ops.convert_to_numpy(ops.all(valid))):
+                raise ValueError(message)
         return labels, valid
 
     def compute_loss(
@@ -335,8 +338,8 @@ class Distiller(KerasWorkarounds, keras.Model):
         under `tf.distribute`: see the class docstring), adds its
         batch-independent terms and the regularization losses, and logs
         every term. Labels outside `[0, num_classes)` stop training: an
-        error on TensorFlow, a NaN loss (caught by `fit`'s guard, which
-        names them) on JAX and PyTorch.
+        error on TensorFlow and PyTorch, a NaN loss (caught by `fit`'s
+        guard, which names them) on JAX.
         """
         labels, valid = self._labels(y)
         outputs = dict(y_pred)
@@ -375,7 +378,7 @@ class Distiller(KerasWorkarounds, keras.Model):
         if self.losses:
             for value in self.losses:
                 penalty = penalty + ops.cast(value, "float32")
-        if keras.backend.backend() != "tensorflow":
+        if keras.backend.backend() == "jax":
             poison = ops.where(ops.all(valid), 0.0, float("nan"))
             penalty = penalty + ops.cast(poison, "float32")
         if self._compiled_metric_ids is not None:
