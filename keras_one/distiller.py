@@ -252,7 +252,8 @@ class Distiller(KerasWorkarounds, keras.Model):
 
     @steps_per_epoch.setter
     def steps_per_epoch(self, steps):
-        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        valid = isinstance(steps, (int, float)) and not isinstance(steps, bool)
+        if not valid or steps != int(steps) or steps < 1:
             raise ValueError(
                 f"steps_per_epoch must be a positive integer; got {steps!r}."
             )

@@ -47,3 +47,16 @@ def test_train_on_batch_needs_the_epoch_length_for_a_ramp_up():
     distiller.train_on_batch(x, y)
     distiller.train_on_batch(x, y)
     assert float(distiller.current_epoch) == 1.0
+
+
+@pytest.mark.parametrize("steps", [-3, 1.5, True, None])
+def test_bad_epoch_length_is_refused(steps):
+    distiller = tiny_distiller()
+    with pytest.raises((ValueError, TypeError), match="steps_per_epoch"):
+        distiller.steps_per_epoch = steps
+
+
+def test_weighted_metrics_are_refused_with_the_fix():
+    distiller = tiny_distiller()
+    with pytest.raises(ValueError, match="Pass them as `metrics`"):
+        distiller.compile(optimizer="sgd", weighted_metrics=["accuracy"])
