@@ -215,6 +215,10 @@ class Distiller(KerasWorkarounds, keras.Model):
         self._updates_after_step = (
             type(method).after_train_step is not Method.after_train_step
         )
+        self._scales_updates = (
+            type(method).learning_rate_multipliers
+            is not Method.learning_rate_multipliers
+        )
         self._compiled_metric_ids = None
         io = symbolic_io(student)
         if io is not None:
@@ -230,6 +234,8 @@ class Distiller(KerasWorkarounds, keras.Model):
         self.num_classes = outputs["branch_logits"][0].shape[-1]
         self.method(inputs, outputs)
         self.built = True
+        if self._scales_updates:
+            self._update_scales(ops.zeros((), "float32"))
 
     def build(self, input_shape):
         inputs = keras.KerasTensor(input_shape)
@@ -419,19 +425,85 @@ class Distiller(KerasWorkarounds, keras.Model):
     # === Steps ===
 
     def train_step(self, *args):
-        """Keras' own step, then the method's `after_train_step` update."""
+        """Keras' own step, then the method's updates.
+
+        After the optimizer's step come the learning rates of the method's
+        own modules (`Method.learning_rate_multipliers`), then its state
+        (`Method.after_train_step`).
+        """
         if keras.backend.backend() == "jax":
             state, data = args
-            logs, state = super().train_step(state, data)
+            scales = self._stateless_scales(state)
+            logs, new_state = super().train_step(state, data)
+            if scales:
+                new_state = _scale_jax_steps(scales, state, new_state)
             if self._updates_after_step:
-                state = self._stateless_after_step(state)
-            return logs, state
+                new_state = self._stateless_after_step(new_state)
+            return logs, new_state
         if keras.backend.backend() == "torch":
             clear_torch_gradients(self.trainable_variables)
+        scales = ()
+        if self._scales_updates:
+            scales = self._update_scales(self.current_epoch)
+            # The values before the step (a copy: PyTorch updates in place).
+            scales = [
+                (v, m, ops.copy(ops.stop_gradient(v.value))) for v, m in scales
+            ]
         logs = super().train_step(*args)
+        for variable, multiplier, old in scales:
+            new = ops.stop_gradient(variable.value)
+            variable.assign(old + ops.cast(multiplier, old.dtype) * (new - old))
         if self._updates_after_step:
             self.method.after_train_step(self.student)
         return logs
+
+    def _update_scales(self, epoch):
+        """The `(variable, multiplier)` pairs the method asks for."""
+        multipliers = self.method.learning_rate_multipliers(epoch)
+        name = type(self.method).__name__
+        if not isinstance(multipliers, dict):
+            raise TypeError(
+                f"{name}.learning_rate_multipliers must return a dict "
+                f"{{layer: multiplier}}; got {type(multipliers).__name__}."
+            )
+        trained = {id(v) for v in self.trainable_variables}
+        scales = []
+        for layer, multiplier in multipliers.items():
+            if not isinstance(layer, keras.Layer):
+                raise TypeError(
+                    f"{name}.learning_rate_multipliers must map layers to "
+                    f"multipliers; got a key of type {type(layer).__name__}."
+                )
+            if isinstance(multiplier, (int, float)) and not (
+                multiplier >= 0 and math.isfinite(multiplier)
+            ):
+                raise ValueError(
+                    f"{name}.learning_rate_multipliers gives layer "
+                    f"{layer.name!r} the multiplier {multiplier}; it must "
+                    "be a finite number >= 0."
+                )
+            for variable in layer.trainable_variables:
+                if id(variable) not in trained:
+                    raise ValueError(
+                        f"{name}.learning_rate_multipliers lists layer "
+                        f"{layer.name!r}, whose weight {variable.path!r} "
+                        "this Distiller does not train: list the method's "
+                        "own trainable modules or the student's layers."
+                    )
+                scales.append((variable, multiplier))
+        return scales
+
+    def _stateless_scales(self, state):
+        """JAX: `[(index in trainable_variables, multiplier)]` at `state`."""
+        if not self._scales_updates:
+            return []
+        trainable, non_trainable = state[0], state[1]
+        mapping = list(zip(self.trainable_variables, trainable, strict=True))
+        mapping += zip(self.non_trainable_variables, non_trainable, strict=True)
+        with keras.StatelessScope(state_mapping=mapping):
+            scales = self._update_scales(self.current_epoch)
+        index = {id(v): i for i, v in enumerate(self.trainable_variables)}
+        return [(index[id(v)], m) for v, m in scales]
 
     def _stateless_after_step(self, state):
         trainable, non_trainable, optimizer_state, metrics = state
@@ -698,6 +770,15 @@ class _TemporaryAttribute:
     def __exit__(self, *exc_info):
         for layer in self.layers:
             layer.synchronized = False
+
+
+def _scale_jax_steps(scales, old_state, new_state):
+    """JAX: scales the optimizer's step of the variables in `scales`."""
+    old, new = old_state[0], list(new_state[0])
+    for index, multiplier in scales:
+        step = new[index] - old[index]
+        new[index] = old[index] + ops.cast(multiplier, step.dtype) * step
+    return (type(new_state[0])(new), *new_state[1:])
 
 
 def _logits_only(outputs):

@@ -201,6 +201,40 @@ class Method(keras.layers.Layer):
             student: the student `keras.Model`, with its updated weights.
         """
 
+    def learning_rate_multipliers(self, epoch):
+        """The learning rates of the method's own modules, as multipliers.
+
+        Override it in methods whose auxiliary networks (adapters, bridges,
+        discriminators) train at their own learning rate, as a PyTorch
+        parameter group would: return a dict mapping each such layer to the
+        factor `m` by which its learning rate is multiplied at `epoch` (a
+        Python number or a scalar tensor computed from `epoch`, e.g. 0 in
+        the first epoch and 0.5 after). Layers not listed train at the
+        optimizer's own rate.
+
+        The `Distiller` applies it after each optimizer step, on every
+        backend and under `tf.distribute`: a listed layer's weights `w` move
+        by `m` times the step the optimizer took, `w <- w_old + m (w_new -
+        w_old)`. For a constant `m` that is exactly training the layer at
+        `m` times the learning rate with any optimizer whose step is
+        proportional to its learning rate: SGD with or without (Nesterov)
+        momentum, Adam, AdamW, RMSprop, decoupled `weight_decay` included.
+        When `m` changes during training, later steps are scaled by the new
+        `m`, the part of SGD's velocity accumulated before included (as when
+        a PyTorch parameter group's learning rate is changed). With `m = 0`
+        the layer is frozen for that step, though the optimizer still
+        updates its slots (moments) from its gradient.
+        The default lists no layer and costs nothing.
+
+        Args:
+            epoch: the current epoch of training, a float scalar tensor.
+
+        Returns:
+            A dict `{layer: multiplier}` whose layers' weights the
+            `Distiller` trains (the method's own modules or the student's).
+        """
+        return {}
+
     def get_config(self):
         return {
             **super().get_config(),

@@ -4,20 +4,31 @@
 weights, `ema <- decay * ema + (1 - decay) * weights`, updated by
 `after_train_step`: the mechanism PCL's mean teachers need. Tests compare
 it with a NumPy recomputation from the weights after each step.
+
+It also owns an auxiliary network with its own learning rate (as OEC's
+adapters and MEAL's discriminators): a Dense layer on branch 0's logits,
+trained by its own cross-entropy at `learning_rate_multipliers`, 0 in the
+first epoch and 0.5 after.
 """
 
 import keras
+from keras import ops
 
+from keras_one.losses import cross_entropy
 from keras_one.methods import ONE
 
 
 class EMAProbe(ONE):
     """ONE plus an EMA of the student's weights, kept in `self.averages`."""
 
+    loss_names = (*ONE.loss_names, "auxiliary_ce")
+    AUXILIARY_MULTIPLIER = 0.5
+
     def __init__(self, decay=0.5, **kwargs):
         super().__init__(rampup_epochs=1, **kwargs)
         self.decay = decay
         self.averages = None
+        self.auxiliary = None
 
     def build_state(self, student):
         """Creates one average per trainable weight, equal to it."""
@@ -30,6 +41,21 @@ class EMAProbe(ONE):
             )
             for i, w in enumerate(student.trainable_weights)
         ]
+        num_classes = student.outputs[0].shape[-1]
+        self.auxiliary = keras.layers.Dense(num_classes, name="auxiliary")
+
+    def call(self, inputs, outputs, training=None):
+        return {"auxiliary_logits": self.auxiliary(outputs["branch_logits"][0])}
+
+    def compute_losses(self, labels, outputs, epoch):
+        return {
+            **super().compute_losses(labels, outputs, epoch),
+            "auxiliary_ce": cross_entropy(labels, outputs["auxiliary_logits"]),
+        }
+
+    def learning_rate_multipliers(self, epoch):
+        multiplier = ops.where(epoch >= 1, self.AUXILIARY_MULTIPLIER, 0.0)
+        return {self.auxiliary: multiplier}
 
     def after_train_step(self, student):
         for average, weight in zip(

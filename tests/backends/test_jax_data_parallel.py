@@ -3,10 +3,12 @@
 A subprocess with two JAX CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=2`) trains ONE, OKDDip
 (BatchNormalization in its attention), KD (a frozen teacher) and the
-stateful `EMAProbe` for three `fit` steps on one device and under
+stateful `EMAProbe` (whose auxiliary layer trains at its own learning
+rate from the second epoch) for two `fit` epochs of three steps on one
+device and under
 `DataParallel` over both, from the same weights. JAX computes on the global
 batch (BatchNormalization statistics included), so the weights must agree
-within float32 round-off: atol 2e-6 (measured here: at most 3.1e-7). The
+within float32 round-off: atol 2e-6 (measured here: at most 6.0e-7). The
 parallel run's weights must live on both devices, so a run that silently
 fell back to one device fails.
 """

@@ -2,8 +2,9 @@
 
 Launched by tests/backends/test_stateful_method.py (TensorFlow backend).
 The CPU is split into two logical devices before TensorFlow starts; both
-runs start from the same weights and train one epoch of three steps; the
-student's weights and the probe's averages go to `--output` (.npz).
+runs start from the same weights and train two epochs of three steps; the
+student's weights, the probe's averages and its auxiliary layer (trained at
+its own learning rate) go to `--output` (.npz).
 """
 
 import argparse
@@ -43,7 +44,8 @@ def main(argv):
         if start is not None:
             distiller.set_weights(start)
         start = distiller.get_weights()
-        distiller.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        # Two epochs: the auxiliary layer's multiplier is 0, then 0.5.
+        distiller.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
         values = {
             f"student/{i:04d}": np.array(w.numpy())
             for i, w in enumerate(distiller.student.trainable_weights)
@@ -52,6 +54,12 @@ def main(argv):
             {
                 f"average/{i:04d}": np.array(a.numpy())
                 for i, a in enumerate(method.averages)
+            }
+        )
+        values.update(
+            {
+                f"auxiliary/{i:04d}": np.array(w.numpy())
+                for i, w in enumerate(method.auxiliary.trainable_weights)
             }
         )
         return start, values
