@@ -174,7 +174,8 @@ def build_parser():
     export.add_argument(
         "--branch",
         default="0",
-        help="branch index, or 'ensemble' (default: 0)",
+        help="branch index, or 'ensemble' (default: 0); for PCL, the "
+        "temporal mean of that branch, the model it deploys",
     )
     export.add_argument(
         "--format",
@@ -367,6 +368,12 @@ def _load_model(path):
 
     if not os.path.exists(path):
         raise SystemExit(f"keras-one: error: no such file: {path}")
+    if not path.endswith((".keras", ".h5", ".hdf5")):
+        raise SystemExit(
+            f"keras-one: error: {path} is not a .keras file: this command "
+            "reads saved Distillers and models exported with --format keras "
+            "(SavedModel and TFLite exports run outside Keras)"
+        )
     return keras.saving.load_model(path)
 
 
@@ -421,11 +428,21 @@ def export(args):
             raise SystemExit(
                 "keras-one: error: --branch must be an integer or 'ensemble'"
             ) from None
+        # A method that deploys a temporal mean of the branch (PCL) says so.
+        deploys_mean = hasattr(distiller.method, "get_mean_branch_model")
         try:
-            model = distiller.get_branch_model(index)
+            if deploys_mean:
+                model = distiller.method.get_mean_branch_model(index)
+            else:
+                model = distiller.get_branch_model(index)
         except ValueError as error:
             raise SystemExit(f"keras-one: error: {error}") from None
         suffix = f"branch{index}"
+        if deploys_mean:
+            print(
+                f"exporting the temporal mean (EMA) of branch {index}, the "
+                f"model {type(distiller.method).__name__} deploys"
+            )
     extension = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}
     output = args.output or (
         os.path.splitext(args.distiller_path)[0]

@@ -295,6 +295,7 @@ class Distiller(KerasWorkarounds, keras.Model):
     # === Forward pass and loss ===
 
     def call(self, inputs, training=None):
+        _check_views(self.student, inputs)
         return normalize_outputs(self.student(inputs, training=training))
 
     def _labels(self, labels, check=True):
@@ -779,6 +780,19 @@ def _scale_jax_steps(scales, old_state, new_state):
         step = new[index] - old[index]
         new[index] = old[index] + ops.cast(multiplier, step.dtype) * step
     return (type(new_state[0])(new), *new_state[1:])
+
+
+def _check_views(student, inputs):
+    """Refuses one image per example for a student with one input per view."""
+    views = len(getattr(student, "inputs", None) or ())
+    given = len(inputs) if isinstance(inputs, (list, tuple, dict)) else 1
+    if views > 1 and given != views:
+        raise ValueError(
+            f"The student takes {views} inputs but was given {given}. For a "
+            "student with one view per branch (PCL), load the data with "
+            f"keras_one.data.load(..., views={views}) or pass a tuple of "
+            f"{views} image arrays."
+        )
 
 
 def _logits_only(outputs):

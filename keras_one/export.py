@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_one.graph import used_inputs
 from keras_one.student_outputs import symbolic_io
 
 
@@ -53,7 +54,9 @@ def plain_keras_model(model, select, name):
     Args:
         model: a functional Keras model.
         select: a function from the rebuilt model's outputs to the output
-            tensor(s) of the returned model (unused parts are pruned).
+            tensor(s) of the returned model (unused parts are pruned, and
+            so are the inputs they do not read: a branch of a multi-view
+            network takes its own view only).
         name: the returned model's name.
 
     Returns:
@@ -71,7 +74,9 @@ def plain_keras_model(model, select, name):
         model, clone_function=_rebuild, call_function=_expanded_call
     )
     inputs, outputs = symbolic_io(rebuilt)
-    plain = keras.Model(inputs, select(outputs), name=name)
+    selected = select(outputs)
+    # A branch of a multi-view network reads its own view only.
+    plain = keras.Model(used_inputs(inputs, selected), selected, name=name)
     leftovers = sorted(
         {layer.name for layer in _all_layers(plain) if _is_keras_one(layer)}
     )

@@ -63,3 +63,46 @@ def _first_call_outputs(operation):
     except (AttributeError, ValueError):
         # Never called (`AttributeError`), or its output is not defined.
         return []
+
+
+def used_inputs(inputs, outputs):
+    """The inputs of a functional graph that `outputs` are computed from.
+
+    For a network with one input per view (`views=` of
+    `keras_one.models.make_multi_branch`), the branch that reads view `i`
+    depends on that input alone. Found through Keras' public API: an input
+    is unused if a `keras.Model` from the other inputs still reaches
+    `outputs`.
+
+    Args:
+        inputs: a symbolic input tensor, or a list or tuple of them.
+        outputs: symbolic tensors (any nested structure) computed from
+            `inputs`.
+
+    Returns:
+        The input tensors `outputs` need, in their order: a list, or the
+        tensor itself when only one is needed (or `inputs` was one).
+
+    Example:
+
+    >>> a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    >>> dense = keras.layers.Dense(2)
+    >>> used_inputs([a, b], dense(b)) is b
+    True
+    """
+    if not isinstance(inputs, (list, tuple)):
+        return inputs
+    used = list(inputs)
+    for tensor in inputs:
+        others = [x for x in used if x is not tensor]
+        if others and _reaches(others, outputs):
+            used = others
+    return used[0] if len(used) == 1 else used
+
+
+def _reaches(inputs, outputs):
+    try:
+        keras.Model(inputs, outputs)
+    except ValueError:  # "Output ... is not connected to `inputs`"
+        return False
+    return True

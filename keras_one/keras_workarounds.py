@@ -1,12 +1,13 @@
 """Workarounds for Keras bugs: the one place that touches Keras internals.
 
 Everything else in keras-one extends Keras through its public API
-(`compute_loss`, `compute_metrics`, `train_step`, callbacks). The three
+(`compute_loss`, `compute_metrics`, `train_step`, callbacks). The four
 defects below cannot be worked around that way; each is isolated here, names
 what it fixes, and has a test that fails without it: 1 in
 tests/distribute/test_multi_worker.py, 2 in
 tests/distribute/test_crash_and_resume.py, 3 in
-tests/backends/test_every_backend.py.
+tests/backends/test_every_backend.py, 4 in
+tests/test_distiller_on_every_backend.py.
 
 1. keras-team/keras#20585 (and tensorflow/tensorflow#72388): with a
    `MultiWorkerMirroredStrategy` of two or more workers, Keras' TensorFlow
@@ -39,7 +40,16 @@ tests/backends/test_every_backend.py.
    registration). `clear_torch_gradients` clears every trainable
    variable's gradient before each step.
 
-1 and 2 apply to the TensorFlow backend only, 3 to PyTorch only; on JAX
+4. TensorFlow backend (Keras 3.15.1, keras/src/backend/tensorflow/
+   trackable.py, `KerasAutoTrackable.__setattr__`): an assignment whose
+   value `is` the attribute's current value returns early, so a property's
+   setter never runs: `distiller.steps_per_epoch = 0` on a fresh Distiller
+   (whose count reads 0) was silently accepted instead of refused. No
+   upstream issue tracks this. `KerasWorkarounds.__setattr__` calls a
+   property's setter directly. Its test: `test_bad_epoch_length_is_refused`
+   in tests/test_distiller_on_every_backend.py (the value 0).
+
+1, 2 and 4 apply to the TensorFlow backend only, 3 to PyTorch only; on JAX
 `fit` is Keras' own.
 """
 
@@ -117,6 +127,12 @@ def clear_torch_gradients(variables):
         variable.value.grad = None
 
 
+def _ours(function):
+    """Whether `function` is defined in keras-one (not in Keras)."""
+    module = getattr(function, "__module__", None) or ""
+    return module.split(".")[0] == "keras_one"
+
+
 def _first_local_value(strategy, value):
     """The first local replica's part of a distributed value (else value)."""
     tf = _tensorflow()
@@ -129,6 +145,16 @@ if keras.backend.backend() == "tensorflow":
 
     class KerasWorkarounds:
         """Mixin of `Distiller` holding the TensorFlow-trainer workarounds."""
+
+        def __setattr__(self, name, value):
+            # Defect 4: TensorFlow's tracking skips `self.x = self.x`,
+            # property setters included; run keras-one's own setters (which
+            # validate) directly. Keras' own properties go through Keras.
+            attribute = getattr(type(self), name, None)
+            if isinstance(attribute, property) and _ours(attribute.fset):
+                attribute.fset(self, value)
+                return
+            super().__setattr__(name, value)
 
         def make_train_function(self, force=False):
             # Defect 2: skip the batches a step backup had already trained.

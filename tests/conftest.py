@@ -121,3 +121,18 @@ def make_student():
         )
 
     return build
+
+
+@pytest.fixture
+def numpy_outputs():
+    """`numpy_outputs(model, x)`: the model's inference outputs in NumPy.
+
+    The same structure as `model(x, training=False)`, with NumPy arrays on
+    every backend (PyTorch tensors that require gradients included).
+    """
+
+    def run(model, x):
+        outputs = model(x, training=False)
+        return keras.tree.map_structure(ops.convert_to_numpy, outputs)
+
+    return run

@@ -49,7 +49,7 @@ def test_train_on_batch_needs_the_epoch_length_for_a_ramp_up():
     assert float(distiller.current_epoch) == 1.0
 
 
-@pytest.mark.parametrize("steps", [-3, 1.5, True, None])
+@pytest.mark.parametrize("steps", [0, -3, 1.5, True, None])
 def test_bad_epoch_length_is_refused(steps):
     distiller = tiny_distiller()
     with pytest.raises((ValueError, TypeError), match="steps_per_epoch"):

@@ -20,6 +20,8 @@ def test_tuner_search_small(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Search: 2 trials" in result.stdout
+    assert "Objective (val_ensemble_accuracy): " in result.stdout
+    # It learned: better than chance (10 classes) on the test split.
     match = re.search(r"chosen model: ensemble (\d\.\d+)", result.stdout)
-    assert match and 0.0 <= float(match.group(1)) <= 1.0
+    assert match and float(match.group(1)) > 0.2
     assert (tmp_path / "keras_one_search").is_dir()

@@ -1,6 +1,6 @@
-"""The KD, EKD, SOKD and OEC examples run as written (--small).
+"""The KD, EKD, SOKD, OEC and PCL examples run as written (--small).
 
-All four run in one subprocess (each as `__main__`, through `runpy`) so
+All five run in one subprocess (each as `__main__`, through `runpy`) so
 TensorFlow is imported once; they write their exported models into a
 temporary working directory.
 """
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
-NAMES = ("kd", "ekd", "sokd", "oec")
+NAMES = ("kd", "ekd", "sokd", "oec", "pcl")
 SCRIPT = """
 import runpy, sys
 for path in sys.argv[1:]:
@@ -34,6 +34,7 @@ EXPECTED = {
     ],
     "sokd": ["teacher accuracy", "bridge", "exported student accuracy"],
     "oec": ["exported student 0 (100.0% ", "ensemble teacher accuracy"],
+    "pcl": ["peer 2 accuracy", "exported temporal mean of peer 0 accuracy"],
 }
 
 
@@ -79,6 +80,9 @@ def test_example_runs_and_reports(outputs, name):
         assert scores["exported student 0 (100.0% of the parameters)"] > 0.5
         assert scores["ensemble teacher"] > 0.5
         assert min(scores.values()) > 0.1
+    elif name == "pcl":
+        # One epoch; the temporal mean averages the weights of every step.
+        assert min(scores.values()) > 0.3
     else:
         assert min(scores.values()) > 0.5
 
@@ -98,7 +102,11 @@ def test_kd_batch_loss_equals_keras_distillation(outputs):
 def test_exported_students_load_as_plain_keras(outputs):
     import keras
 
-    for name in ("kd_student.keras", "sokd_student.keras"):
+    for name in (
+        "kd_student.keras",
+        "sokd_student.keras",
+        "pcl_cifar10_mean_peer0.keras",
+    ):
         model = keras.saving.load_model(outputs["cwd"] / name)
         assert all(
             type(layer).__module__.startswith("keras.")

@@ -27,6 +27,7 @@ def make_pipeline(
     shuffle_buffer=None,
     cache=False,
     num_examples=None,
+    views=1,
 ):
     """Builds a batched, prefetched pipeline from `(image, label)` examples.
 
@@ -44,10 +45,19 @@ def make_pipeline(
         cache: `True` to cache the source in memory, a path to cache it in
             a file, `False` not to.
         num_examples: size of the dataset, if known.
+        views: images per example. 1 (the default): `(images, labels)`
+            batches. More: `((view_0, ..., view_{views-1}), labels)`
+            batches, for students that give each branch its own view (PCL):
+            in training every view is augmented independently, with its own
+            stateless seed `(example seed, view index)` (so `view_0` is the
+            image that `views=1` gives); in evaluation every view is the
+            same un-augmented image.
 
     Returns:
-        A `tf.data.Dataset` of `(images, labels)` batches, labels int32.
+        A `tf.data.Dataset` of `(images, labels)` batches, labels int32
+        (`images` a tuple of `views` batches when `views > 1`).
     """
+    check_views(views)
     if cache:
         filename = "" if cache is True else str(cache)
         dataset = dataset.cache(filename)
@@ -64,13 +74,18 @@ def make_pipeline(
 
         def transform(example, example_seed):
             image, label = example
-            stateless_seed = tf.stack([example_seed, tf.constant(0, "int64")])
-            return preprocess(image, stateless_seed), _label(label)
+            images = [
+                preprocess(
+                    image, tf.stack([example_seed, tf.constant(view, "int64")])
+                )
+                for view in range(views)
+            ]
+            return _views(images), _label(label)
 
     else:
 
         def transform(image, label):
-            return preprocess(image, None), _label(label)
+            return _views([preprocess(image, None)] * views), _label(label)
 
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)
     return dataset.batch(batch_size).prefetch(AUTOTUNE)
@@ -78,6 +93,11 @@ def make_pipeline(
 
 def _label(label):
     return tf.reshape(tf.cast(label, "int32"), [])
+
+
+def _views(images):
+    """One image as itself; several as a tuple (the inputs of the student)."""
+    return images[0] if len(images) == 1 else tuple(images)
 
 
 def image_preprocess(
@@ -185,6 +205,12 @@ def check_batch_size(batch_size):
         raise ValueError(
             f"batch_size must be a positive integer; got {batch_size!r}."
         )
+
+
+def check_views(views):
+    valid = isinstance(views, (int, np.integer)) and not isinstance(views, bool)
+    if not valid or views < 1:
+        raise ValueError(f"views must be a positive integer; got {views!r}.")
 
 
 def test_cache(cache):

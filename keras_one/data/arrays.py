@@ -20,6 +20,7 @@ def load_arrays(
     mean=None,
     std=None,
     shuffle_buffer=None,
+    views=1,
 ):
     """Builds training and test pipelines over NumPy arrays of images.
 
@@ -54,6 +55,11 @@ def load_arrays(
         std: per-channel standard deviation to use with `mean`.
         shuffle_buffer: shuffle buffer size; defaults to the whole training
             set (up to 50,000 examples).
+        views: images per example: 1 (the default) or one per branch of
+            a student that gives each branch its own view (PCL): training
+            batches are then `((view_0, ..., view_{views-1}), labels)`, each
+            view augmented independently; test batches repeat the
+            un-augmented image `views` times.
 
     Returns:
         `(train_ds, test_ds, info)`: two `tf.data.Dataset`s of
@@ -69,6 +75,7 @@ def load_arrays(
     (32, 32, 3)
     """
     _pipeline.check_batch_size(batch_size)
+    _pipeline.check_views(views)
     x_train, y_train = _check_split(x_train, y_train, "train")
     x_test, y_test = _check_split(x_test, y_test, "test")
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -107,12 +114,14 @@ def load_arrays(
         seed=seed,
         shuffle_buffer=shuffle_buffer,
         num_examples=len(x_train),
+        views=views,
     )
     test_ds = _pipeline.make_pipeline(
         tf.data.Dataset.from_tensor_slices((x_test, y_test)),
         test_preprocess,
         training=False,
         batch_size=batch_size,
+        views=views,
     )
     info = DatasetInfo(
         name=name,

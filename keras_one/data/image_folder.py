@@ -27,6 +27,7 @@ def load_image_folder(
     mean=None,
     std=None,
     shuffle_buffer=None,
+    views=1,
 ):
     """Builds training and test pipelines over class-per-folder images.
 
@@ -68,6 +69,11 @@ def load_image_folder(
         std: per-channel standard deviation to use with `mean`.
         shuffle_buffer: shuffle buffer size; defaults to the whole training
             set (up to 50,000 images).
+        views: images per example: 1 (the default) or one per branch of
+            a student that gives each branch its own view (PCL): training
+            batches are then `((view_0, ..., view_{views-1}), labels)`, each
+            view augmented independently; test batches repeat the
+            un-augmented image `views` times.
 
     Returns:
         `(train_ds, test_ds, info)`: batched `tf.data.Dataset`s of float32
@@ -81,6 +87,7 @@ def load_image_folder(
     ```
     """
     _pipeline.check_batch_size(batch_size)
+    _pipeline.check_views(views)
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"No image folder at {directory!r}.")
@@ -145,6 +152,7 @@ def load_image_folder(
         shuffle_buffer=shuffle_buffer,
         cache=cache,
         num_examples=len(train_files.file_paths),
+        views=views,
     )
     test_ds = _pipeline.make_pipeline(
         test_files,
@@ -154,6 +162,7 @@ def load_image_folder(
         training=False,
         batch_size=batch_size,
         cache=_pipeline.test_cache(cache),
+        views=views,
     )
     info = DatasetInfo(
         name=os.path.basename(os.path.normpath(directory)),

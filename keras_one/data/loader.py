@@ -58,7 +58,10 @@ def load(
         **kwargs: options of the specific loader, e.g. `data_dir`,
             `manual_dir`, `download` for tfds; `image_size`,
             `validation_split` for image folders; `mean`, `std`, `cache`,
-            `shuffle_buffer`; `test_fraction` for the digits.
+            `shuffle_buffer`; `test_fraction` for the digits; `views` (every
+            source): the number of independently augmented views of each
+            training image, for students that give each branch its own
+            view (PCL; default 1, see `keras_one.data.load_arrays`).
 
     Returns:
         `(train_ds, test_ds, info)`: `tf.data.Dataset`s of

@@ -34,7 +34,7 @@ def load_npz(
             training images' mean and standard deviation).
         seed: seed of the shuffling and of the augmentation.
         **kwargs: other `keras_one.data.load_arrays` arguments (`mean`,
-            `std`, `class_names`, `shuffle_buffer`).
+            `std`, `class_names`, `shuffle_buffer`, `views`).
 
     Returns:
         `(train_ds, test_ds, info)` as `keras_one.data.load_arrays`.

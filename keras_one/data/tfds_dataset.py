@@ -60,6 +60,7 @@ def load_tfds(
     mean=None,
     std=None,
     shuffle_buffer=None,
+    views=1,
 ):
     """Builds training and test pipelines for a tensorflow-datasets dataset.
 
@@ -118,6 +119,11 @@ def load_tfds(
         std: per-channel standard deviation to use with `mean`.
         shuffle_buffer: shuffle buffer size (default: the training set up
             to 50,000 examples; 10,000 for ImageNet).
+        views: images per example: 1 (the default) or one per branch of
+            a student that gives each branch its own view (PCL): training
+            batches are then `((view_0, ..., view_{views-1}), labels)`, each
+            view augmented independently; test batches repeat the
+            un-augmented image `views` times.
 
     Returns:
         `(train_ds, test_ds, info)`: batched `tf.data.Dataset`s of float32
@@ -133,6 +139,7 @@ def load_tfds(
     import tensorflow_datasets as tfds
 
     _pipeline.check_batch_size(batch_size)
+    _pipeline.check_views(views)
     key = ALIASES.get(str(name).lower(), str(name))
     preset = PRESETS.get(key)
     try:
@@ -251,6 +258,7 @@ def load_tfds(
         shuffle_buffer=shuffle_buffer,
         cache=cache,
         num_examples=num_train,
+        views=views,
     )
     test_ds = _pipeline.make_pipeline(
         test_source,
@@ -258,6 +266,7 @@ def load_tfds(
         training=False,
         batch_size=batch_size,
         cache=_pipeline.test_cache(cache),
+        views=views,
     )
     info = DatasetInfo(
         name=key,

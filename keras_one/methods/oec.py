@@ -171,7 +171,11 @@ class OEC(Method):
         }
 
     def compute_losses(self, labels, outputs, epoch):
-        branch_logits = outputs["branch_logits"]
+        # Float32 before averaging, so that the teacher and the ensemble
+        # are float32 under mixed precision too.
+        branch_logits = [
+            ops.cast(z, "float32") for z in outputs["branch_logits"]
+        ]
         teacher = ops.stop_gradient(ops.mean(ops.stack(branch_logits), axis=0))
         targets = [
             ops.stop_gradient(f) for f in outputs["branch_stage_features"][0]

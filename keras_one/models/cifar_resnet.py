@@ -17,6 +17,7 @@ def cifar_resnet(
     weight_decay=1e-4,
     fused=False,
     name=None,
+    views=1,
 ):
     """A CIFAR ResNet as in ONE's official code, optionally multi-branch.
 
@@ -52,6 +53,10 @@ def cifar_resnet(
             exported; faster where grouped convolutions are (see the
             benchmarks). Needs the TensorFlow backend.
         name: model name; defaults to `resnet{depth}`.
+        views: 1, or `num_branches` to give every branch its own view of
+            the input (one image input per branch, the trunk run once per
+            view, as PCL trains; see `keras_one.models.make_multi_branch`).
+            Not with `fused=True`.
 
     Returns:
         A functional `keras.Model`.
@@ -101,7 +106,17 @@ def cifar_resnet(
         return model
     if not fused:
         return make_multi_branch(
-            model, split_at, num_branches=num_branches, head=head, name=name
+            model,
+            split_at,
+            num_branches=num_branches,
+            head=head,
+            name=name,
+            views=views,
+        )
+    if views != 1:
+        raise ValueError(
+            "fused=True computes every branch on one input: it does not "
+            f"take views={views}. Use fused=False."
         )
     # The same branches, computed as one network.
     shared_features = model.get_layer(split_at).output

@@ -5,7 +5,8 @@ A head is a function that takes the network's output dict (with
 branches end in global pooling, `branch_feature_maps`) and returns the
 outputs it adds. Model builders take a head by name: `"gate"` (ONE),
 `"mean"`, `"peer_attention"` (OKDDip), `"fusion_classifier"` (FFL),
-`"feature_fusion"` (MDE), or `None` (branch logits only). Methods name the
+`"feature_fusion"` (MDE), `"linear_fusion"` (PCL), or `None` (branch
+logits only). Methods name the
 head they need in `Method.head`.
 """
 
@@ -92,10 +93,28 @@ def feature_fusion_head(outputs):
     return {"ensemble_logits": ensemble_logits, "gate_weights": weights}
 
 
+def linear_fusion_head(outputs):
+    """PCL: a linear classifier on the concatenated pooled branch features.
+
+    `ensemble_logits = Dense(C)(concat(f_1, ..., f_N))`, with `f_i` the
+    pooled features that branch `i`'s classifier reads (the peer ensemble
+    teacher of Wu and Gong, AAAI 2021). Built-in Keras layers only.
+    """
+    features = _require(outputs, "branch_features", "linear_fusion")
+    num_classes = outputs["branch_logits"][0].shape[-1]
+    fused = keras.layers.Concatenate(name="fused_features")(features)
+    return {
+        "ensemble_logits": keras.layers.Dense(
+            num_classes, name="fusion_logits"
+        )(fused)
+    }
+
+
 HEADS = {"gate": gate_head, "mean": mean_head, None: lambda outputs: {}}
 HEADS["peer_attention"] = peer_attention_head
 HEADS["fusion_classifier"] = fusion_classifier_head
 HEADS["feature_fusion"] = feature_fusion_head
+HEADS["linear_fusion"] = linear_fusion_head
 
 
 def get(head):

@@ -38,7 +38,9 @@ def _find_features(model, logits):
     return features, feature_map
 
 
-def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
+def make_multi_branch(
+    model, split_at, num_branches=3, head="gate", name=None, views=1
+):
     """Turns a functional model into a multi-branch (ONE-style) network.
 
     The layers up to and including `split_at` become the shared trunk; the
@@ -46,6 +48,14 @@ def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
     (the branches), each ending in its own classifier. A head (by default
     ONE's gate) combines the branches into an ensemble. The trunk layers are
     reused, not copied: they keep the model's weights and are shared with it.
+
+    With `views=num_branches` each branch reads its own view of the input
+    (PCL: every peer sees its own augmentation of the image): the network
+    takes one image input per branch (`view_0`, `view_1`, ...), the trunk
+    (a nested model named `trunk`) runs once on each view, and branch `i`
+    reads the trunk's output on view `i`. Branch `i` then depends on input
+    `view_i` alone, so `Distiller.get_branch_model(i)` is a single-input
+    model.
 
     Args:
         model: a functional `keras.Model` with one input... and one output of
@@ -58,13 +68,17 @@ def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
         head: `"gate"` (ONE's `GatedEnsemble`), `"mean"`, `None`, or a
             function (see `keras_one.models.heads`).
         name: name of the new model; defaults to `<model>_multi_branch`.
+        views: 1 (the default) for one input shared by every branch, or
+            `num_branches` for one input per branch (see above); feed it
+            with `keras_one.data.load(..., views=num_branches)`.
 
     Returns:
         A functional `keras.Model` whose output is a dict with
         `branch_logits` (a list), `branch_features` (the pooled features
         each classifier reads), `branch_feature_maps` (when the branches end
-        in global pooling), `shared_features`, and the head's outputs (for
-        `"gate"`: `ensemble_logits` and `gate_weights`).
+        in global pooling), `shared_features` (one input only: with views,
+        each branch has its own), and the head's outputs (for `"gate"`:
+        `ensemble_logits` and `gate_weights`).
 
     Example:
 
@@ -81,6 +95,7 @@ def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
             f"num_branches={num_branches}. For one branch, train the model "
             "itself."
         )
+    views = _check_views(views, num_branches, head)
     io = symbolic_io(model)
     if io is None:
         raise ValueError(
@@ -124,15 +139,30 @@ def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
             f" (Keras said: {error})"
         ) from None
     check_logits({"branch_logits": [logits]}, model)
+    if views == 1:
+        branch_inputs = [shared_features] * int(num_branches)
+    else:
+        if isinstance(inputs, (list, tuple, dict)):
+            raise ValueError(
+                f"views={views} needs a model with a single image input; "
+                f"{model.name!r} has several inputs."
+            )
+        trunk = keras.Model(inputs, shared_features, name="trunk")
+        inputs = [
+            keras.Input(
+                batch_shape=inputs.shape, dtype=inputs.dtype, name=f"view_{i}"
+            )
+            for i in range(views)
+        ]
+        branch_inputs = [trunk(view) for view in inputs]
     branch_outputs = []
-    for index in range(int(num_branches)):
+    for index, branch_input in enumerate(branch_inputs):
         branch = keras.models.clone_model(tail)
         branch.name = f"branch_{index}"
-        branch_outputs.append(branch(shared_features))
-    outputs = {
-        "branch_logits": [b["logits"] for b in branch_outputs],
-        "shared_features": shared_features,
-    }
+        branch_outputs.append(branch(branch_input))
+    outputs = {"branch_logits": [b["logits"] for b in branch_outputs]}
+    if views == 1:
+        outputs["shared_features"] = shared_features
     if "features" in tail_outputs:
         outputs["branch_features"] = [b["features"] for b in branch_outputs]
     if "feature_map" in tail_outputs:
@@ -143,3 +173,22 @@ def make_multi_branch(model, split_at, num_branches=3, head="gate", name=None):
     return keras.Model(
         inputs, outputs, name=name or f"{model.name}_multi_branch"
     )
+
+
+def _check_views(views, num_branches, head):
+    """`views` as an int: 1, or one view per branch."""
+    if isinstance(views, bool) or int(views) != views:
+        raise ValueError(f"views must be an integer; got {views!r}.")
+    views = int(views)
+    if views not in (1, int(num_branches)):
+        raise ValueError(
+            f"views must be 1 (one input for every branch) or the number of "
+            f"branches ({num_branches}, one view per branch); got {views}."
+        )
+    if views > 1 and head == "gate":
+        raise ValueError(
+            "ONE's gate (head='gate') reads the shared features of one "
+            "input, but with views each branch has its own: use "
+            "head='linear_fusion' (PCL), 'mean' or None."
+        )
+    return views

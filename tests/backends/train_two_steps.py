@@ -66,11 +66,12 @@ def main(argv):
             for i, value in enumerate(distiller.get_weights()):
                 weights[f"{name}/{i:04d}"] = value
         distiller.steps_per_epoch = 1
+        inputs = method_zoo.student_inputs(distiller, x)
         logs[name] = []
         if name == "ema_probe":
             record_ema(weights, "initial", distiller)
         for step in range(2):
-            result = distiller.train_on_batch(x, y, return_dict=True)
+            result = distiller.train_on_batch(inputs, y, return_dict=True)
             logs[name].append({k: float(v) for k, v in result.items()})
             for i, value in enumerate(distiller.get_weights()):
                 weights[f"{name}/step{step}/{i:04d}"] = value

@@ -87,6 +87,19 @@ def make_images(num_examples=96, seed=0):
     return x, y
 
 
+def student_inputs(distiller, x):
+    """`x` as the Distiller's student takes it.
+
+    A student with one image input per branch (PCL's views) gets one view
+    of each image per input: view `v` is `x` shifted `v` pixels across
+    (a roll), so every branch sees another image.
+    """
+    views = len(distiller.student.inputs)
+    if views == 1:
+        return x
+    return tuple(np.roll(x, view, axis=2) for view in range(views))
+
+
 def term_dtypes(distiller, x, y):
     """The dtypes of the method's loss terms and of the student's logits.
 
@@ -95,6 +108,7 @@ def term_dtypes(distiller, x, y):
     """
     from keras import ops
 
+    x = student_inputs(distiller, x)
     outputs = distiller(x, training=False)
     outputs.update(distiller.method(x, outputs, training=False))
     terms = distiller.method.compute_losses(

@@ -1,13 +1,14 @@
 """A run killed with SIGKILL mid-epoch resumes from its backup exactly.
 
-`train_resumable.py` trains ONE (with a ramp-up, so the epoch counter
-matters) for 3 epochs of 6 steps with
-`keras.callbacks.BackupAndRestore(save_freq=3)`. The first run is killed
-after batch 4 of epoch 1, two batches after its last backup (taken after
-batch 2); the same command started again must train exactly the remaining
-batches and end with the weights of an uninterrupted run. Keras' callback
-alone would restart epoch 1 from its first batch (21 steps instead of 18,
-other weights).
+`train_resumable.py` trains every registered method (those with a ramp-up
+get a short one, so the epoch counter matters) for 3 epochs of 6 steps
+with `keras.callbacks.BackupAndRestore(save_freq=3)`, one method after the
+other. The first run leaves each method after batch 4 of epoch 1, two
+batches after its last backup (taken after batch 2), and is killed with
+SIGKILL at the last method; the same command started again must train
+exactly the remaining batches of every method and end with the weights of
+an uninterrupted run. Keras' callback alone would restart epoch 1 from its
+first batch (21 steps instead of 18, other weights).
 """
 
 import json
@@ -20,13 +21,17 @@ import time
 import numpy as np
 import pytest
 
+from keras_one import methods
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "train_resumable.py")
 TIMEOUT = 600
+METHODS = methods.names()
 
 
 def command(backup_dir, output, block_at=None):
-    arguments = [sys.executable, SCRIPT, "--backup-dir", str(backup_dir)]
+    arguments = [sys.executable, SCRIPT, "--methods", ",".join(METHODS)]
+    arguments += ["--backup-dir", str(backup_dir)]
     arguments += ["--output", str(output)]
     if block_at:
         arguments += ["--block-at", block_at]
@@ -63,10 +68,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
             assert first.poll() is None, first.communicate()[1][-5000:]
             assert time.monotonic() < deadline, "the run never blocked"
             time.sleep(0.5)
-        with open(tmp_path / "backup" / "training_metadata.json") as file:
-            record = json.load(file)
-        # The backup is mid-epoch: after batch 2 of epoch 1 (of 0 to 5).
-        assert record == {"epoch": 1, "batch": 2}
+        for method in METHODS:
+            metadata = tmp_path / "backup" / method / "training_metadata.json"
+            with open(metadata) as file:
+                record = json.load(file)
+            # The backup is mid-epoch: after batch 2 of epoch 1 (of 0 to 5).
+            assert record == {"epoch": 1, "batch": 2}, method
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
         assert first.returncode == -signal.SIGKILL
@@ -89,27 +96,53 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
                 process.kill()
                 process.communicate()
 
-    resumed, resumed_weights = load(killed)
-    reference, reference_weights = load(straight)
-    assert resumed["resumed"] and not reference["resumed"]
-    assert resumed["steps"] == reference["steps"] == 18
-    # The epoch counter (read by ONE's ramp-up) is right after the restart.
-    assert [epoch for epoch, _, _ in resumed["current_epochs"]] == [1] * 6 + [
-        2
-    ] * 6
+    resumed_runs, resumed_arrays = load(killed)
+    reference_runs, reference_arrays = load(straight)
+    assert sorted(resumed_runs) == sorted(reference_runs) == sorted(METHODS)
+    for method in METHODS:
+        check_resumed(
+            method,
+            resumed_runs[method],
+            weights_of(resumed_arrays, method),
+            reference_runs[method],
+            weights_of(reference_arrays, method),
+        )
+
+
+def weights_of(arrays, method):
+    prefix = f"{method}/"
+    return {
+        path[len(prefix) :]: value
+        for path, value in arrays.items()
+        if path.startswith(prefix)
+    }
+
+
+def check_resumed(method, resumed, resumed_weights, reference, weights):
+    assert resumed["resumed"] and not reference["resumed"], method
+    assert resumed["steps"] == reference["steps"] == 18, method
+    # The epoch counter (read by the ramp-ups) is right after the restart.
+    epochs = [epoch for epoch, _, _ in resumed["current_epochs"]]
+    assert epochs == [1] * 6 + [2] * 6, method
     for epoch, _, current_epoch in resumed["current_epochs"]:
-        assert current_epoch == epoch
+        assert current_epoch == epoch, method
     (train_steps,) = [
         value
         for path, value in resumed_weights.items()
         if path.endswith(":train_steps")
     ]
-    assert int(train_steps) == 18
-    assert sorted(resumed_weights) == sorted(reference_weights)
-    for path, value in reference_weights.items():
+    assert int(train_steps) == 18, method
+    assert sorted(resumed_weights) == sorted(weights), method
+    for path, value in weights.items():
         np.testing.assert_allclose(
-            resumed_weights[path], value, rtol=1e-6, atol=1e-7, err_msg=path
+            resumed_weights[path],
+            value,
+            rtol=1e-6,
+            atol=1e-7,
+            err_msg=f"{method}: {path}",
         )
     np.testing.assert_allclose(
-        resumed["history"]["loss"][-1], reference["history"]["loss"][-1]
+        resumed["history"]["loss"][-1],
+        reference["history"]["loss"][-1],
+        err_msg=method,
     )

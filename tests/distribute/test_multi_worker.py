@@ -9,6 +9,12 @@ two workers train ONE with `fit` on the two halves of each global batch
 and must end with the weights of one process trained on the same global
 batches. Every process has a time limit, and the workers' collectives
 time out, so a hang fails the test instead of blocking CI.
+
+Same weights alone would not show that each worker trained on its half:
+workers that each trained on the whole global batch would average the
+same gradient. So every process also counts the examples (and sums the
+sample weights) its replica trained on: each worker half of them, the two
+halves together all of them.
 """
 
 import json
@@ -87,9 +93,17 @@ def test_two_workers_train_like_one_process(tmp_path):
 
     reference, reference_weights = load(str(tmp_path / "single"))
     assert reference["replicas"] == 1
+    # 2 epochs of 96 examples.
+    assert reference["examples"] == 192
+    np.testing.assert_allclose(
+        reference["sample_weight"], 2 * reference["total_sample_weight"]
+    )
+    worker_sample_weights = []
     for index in range(2):
         report, weights = load(str(tmp_path / f"worker_{index}"))
         assert report["replicas"] == 2
+        assert report["examples"] == 96
+        worker_sample_weights.append(report["sample_weight"])
         assert report["steps"] == reference["steps"] == 6
         assert sorted(weights) == sorted(reference_weights)
         for path, value in reference_weights.items():
@@ -100,3 +114,7 @@ def test_two_workers_train_like_one_process(tmp_path):
             np.testing.assert_allclose(
                 report["history"][name], values, rtol=1e-5, err_msg=name
             )
+    # The two halves are different examples that make up the whole.
+    np.testing.assert_allclose(
+        sum(worker_sample_weights), reference["sample_weight"]
+    )

@@ -16,15 +16,17 @@ records:
 
 Runs (a run name followed by `@m1+m2` runs only for those methods):
 
-- `single`: one device, 96 examples (3 batches of 32 per epoch).
+- `single`: one device, 95 examples: batches of 32, 32 and 31 per epoch.
 - `single_seed_1`: the same from seed 1 instead of 0.
 - `mirrored`: a 2-replica `MirroredStrategy` over 2 logical CPUs with
-  `synchronized_batch_norm=True`, same data.
+  `synchronized_batch_norm=True`, same data: each epoch's last batch of 31
+  splits unevenly, 16 / 15, over the replicas.
 - `mirrored_per_replica_bn`: the same with per-replica BatchNormalization.
-- `single_uneven`, `mirrored_uneven`: 95 examples, so the last batch of 31
-  splits 16 / 15 over the replicas.
-- `mixed_float16`, `mixed_bfloat16`: `single` under that dtype policy;
-  also records the first batch's loss of the same Distiller in float32.
+- `mixed_float16`, `mixed_bfloat16`: 96 examples under that dtype policy;
+  also records the first batch's loss of the same Distiller in float32,
+  and how far the method's loss terms on the student's low-precision
+  outputs are from the same terms on those outputs cast to float32 (see
+  `float32_terms`).
 
 Usage:
     python train_methods.py --output /tmp/out --methods one,dml \
@@ -44,12 +46,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 RUNS = {
     # name: (strategy, synchronized_batch_norm, examples, seed, policy);
     # a policy of None is --policy.
-    "single": (None, True, 96, 0, None),
-    "single_seed_1": (None, True, 96, 1, None),
-    "mirrored": ("mirrored", True, 96, 0, None),
-    "mirrored_per_replica_bn": ("mirrored", False, 96, 0, None),
-    "single_uneven": (None, True, 95, 0, None),
-    "mirrored_uneven": ("mirrored", True, 95, 0, None),
+    "single": (None, True, 95, 0, None),
+    "single_seed_1": (None, True, 95, 1, None),
+    "mirrored": ("mirrored", True, 95, 0, None),
+    "mirrored_per_replica_bn": ("mirrored", False, 95, 0, None),
     "mixed_float16": (None, True, 96, 0, "mixed_float16"),
     "mixed_bfloat16": (None, True, 96, 0, "mixed_bfloat16"),
 }
@@ -79,6 +79,52 @@ def parse_runs(spec, methods):
             if not only or method in only.split("+"):
                 plan.append((run, method))
     return plan
+
+
+def float32_terms(distiller, x, y, epoch):
+    """Whether the method computes its loss terms in float32.
+
+    Under a mixed policy the student's outputs are float16 or bfloat16.
+    The method's terms on them must be the terms on the same outputs cast
+    to float32 (a lossless cast): equal up to float32 round-off if the
+    method casts before its softmax and KL, off by the low precision's
+    round-off (1e-3) if it computes in float16 or bfloat16.
+
+    Returns `(difference, control)`: the largest relative difference over
+    the terms, and how far a softmax computed in the compute dtype is from
+    float64's on the first branch's logits (so `difference` would show it).
+    `epoch` past the ramp-up makes every term count.
+    """
+    import keras
+    import numpy as np
+    from keras import ops
+
+    def to_float32(value):
+        if keras.backend.is_float_dtype(value.dtype):
+            return ops.cast(value, "float32")
+        return value
+
+    outputs = distiller(x, training=False)
+    outputs.update(distiller.method(x, outputs, training=False))
+    labels = ops.convert_to_tensor(y)
+    epoch = ops.convert_to_tensor(epoch, "float32")
+    low = distiller.method.compute_losses(labels, outputs, epoch)
+    float32_outputs = keras.tree.map_structure(to_float32, outputs)
+    high = distiller.method.compute_losses(labels, float32_outputs, epoch)
+    difference = 0.0
+    for name, value in high.items():
+        expected = ops.convert_to_numpy(value).astype("float64")
+        got = ops.convert_to_numpy(ops.cast(low[name], "float32"))
+        scale = max(float(np.max(np.abs(expected))), 1e-30)
+        error = float(np.max(np.abs(got - expected))) / scale
+        difference = max(difference, error)
+    logits = outputs["branch_logits"][0]
+    low_softmax = ops.convert_to_numpy(ops.cast(ops.softmax(logits), "float32"))
+    logits = ops.convert_to_numpy(ops.cast(logits, "float32")).astype("f8")
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    reference = exp / exp.sum(axis=-1, keepdims=True)
+    control = float(np.max(np.abs(low_softmax - reference) / reference))
+    return difference, control
 
 
 def main(argv):
@@ -132,7 +178,7 @@ def main(argv):
             )
             batch_losses = method_zoo.BatchLosses()
             history = distiller.fit(
-                x,
+                method_zoo.student_inputs(distiller, x),
                 y,
                 sample_weight=sample_weight,
                 batch_size=32,
@@ -147,14 +193,25 @@ def main(argv):
             continue
         for path, value in method_zoo.weights_of(distiller).items():
             arrays[f"{run}/{method}/{path}"] = value
-        float32_first_loss = None
+        float32_first_loss = float32_terms_difference = None
+        softmax_control = None
         if (policy or args.policy).startswith("mixed"):
+            float32_terms_difference, softmax_control = float32_terms(
+                distiller,
+                method_zoo.student_inputs(distiller, x[:8]),
+                y[:8],
+                epoch=10,
+            )
             # The same Distiller (same seed, same initial weights) in
             # float32: its loss on the first batch, as `fit` logs it.
             keras.backend.clear_session()
             keras.config.set_dtype_policy("float32")
             reference = method_zoo.make_distiller(method, seed=seed)
-            batch = (x[:32], y[:32], sample_weight[:32])
+            batch = (
+                method_zoo.student_inputs(reference, x[:32]),
+                y[:32],
+                sample_weight[:32],
+            )
             inputs, labels, weights = batch
             loss = reference.compute_loss(
                 inputs,
@@ -170,9 +227,13 @@ def main(argv):
             "optimizer": type(distiller.optimizer).__name__,
             "jit_compile": bool(distiller.jit_compile),
             "steps": int(distiller.optimizer.iterations.numpy()),
+            "examples": len(y),
+            "determinism": args.determinism,
             "logits_dtype": logits_dtype,
             "term_dtypes": dtypes,
             "float32_first_loss": float32_first_loss,
+            "float32_terms_difference": float32_terms_difference,
+            "softmax_control": softmax_control,
             # The flag is set only while a step runs: never left behind.
             "synchronized_after_fit": any(
                 getattr(layer, "synchronized", False)

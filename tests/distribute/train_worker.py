@@ -3,8 +3,10 @@
 Launched by `test_multi_worker.py`: once per worker with `TF_CONFIG` set
 (two processes on loopback ports), and once without `TF_CONFIG` as the
 single-process reference on the same global batches. Writes every
-variable after training to `<output>.npz` and the epoch logs to
-`<output>.json`.
+variable after training to `<output>.npz` and, to `<output>.json`, the
+epoch logs and what this process's replica trained on: the number of
+examples and the sum of their sample weights (a worker that trained on
+whole global batches instead of its share would count all of them).
 
 Float64 compute (`--policy`) keeps round-off (from summing gradients in
 another order) far below the test's tolerance, so the comparison checks the
@@ -56,6 +58,28 @@ def main(argv):
             args.method, synchronized_batch_norm=True
         )
         distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    seen = {"examples": 0, "sample_weight": 0.0}
+
+    def record(count, weight_sum):
+        seen["examples"] += int(count)
+        seen["sample_weight"] += float(weight_sum)
+        return count
+
+    keras_train_step = distiller.train_step
+
+    def train_step(data):
+        # This replica's share of the batch, counted in Python as it runs.
+        _, _, weights = keras.utils.unpack_x_y_sample_weight(data)
+        counted = tf.numpy_function(
+            record,
+            [tf.shape(weights)[0], tf.reduce_sum(weights)],
+            tf.int32,
+            stateful=True,
+        )
+        with tf.control_dependencies([counted]):
+            return keras_train_step(data)
+
+    distiller.train_step = train_step
     history = distiller.fit(
         x,
         y,
@@ -72,6 +96,9 @@ def main(argv):
                 "history": history.history,
                 "replicas": strategy.num_replicas_in_sync,
                 "steps": int(distiller.optimizer.iterations.numpy()),
+                "examples": seen["examples"],
+                "sample_weight": seen["sample_weight"],
+                "total_sample_weight": float(sample_weight.sum()),
             },
             file,
         )

@@ -81,6 +81,7 @@ def test_the_built_in_methods_state_their_papers_defaults():
         "oec": (5, "none", 0),
         "okddip": (4, "none", 80),
         "one": (3, "none", 80),
+        "pcl": (3, "none", 80),
         "sokd": (1, "one", 0),
     }
     assert methods.DML.info.student == "independent"

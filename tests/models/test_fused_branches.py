@@ -101,12 +101,15 @@ def test_identical_training_to_n_copies(tiny_data):
         distillers.append((distiller, history.history))
     (_, copies_history), (_, fused_history) = distillers
     np.testing.assert_allclose(
-        copies_history["loss"], fused_history["loss"], rtol=1e-4
+        copies_history["loss"], fused_history["loss"], rtol=2e-6
     )
     # Same weights (and BatchNorm statistics) after training, up to the
-    # float rounding that 6 steps of training amplify.
+    # float32 rounding that 6 steps of training amplify: 1.7e-4 at most on
+    # outputs up to 22 (measured), so an absolute 5e-4 everywhere. Float64
+    # would be tighter, but TensorFlow has no float64 gradient of grouped
+    # convolutions on the CPU.
     assert_same_outputs(
-        copies, fused, images(), training=False, atol=1e-3, rtol=1e-3
+        copies, fused, images(), training=False, atol=5e-4, rtol=0
     )
 
 

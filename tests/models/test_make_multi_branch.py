@@ -92,4 +92,40 @@ def test_split_inside_a_residual_block():
     model = keras.Model(inputs, outputs)
     with pytest.raises(ValueError, match="skip connection crosses"):
         make_multi_branch(model, "a")
-    assert make_multi_branch(model, "add", head="mean") is not None
+    # Split after the block: the skip connection stays in the trunk.
+    net = make_multi_branch(model, "add", head="mean")
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    outputs = net(x)
+    branch_logits = np.stack(outputs["branch_logits"])
+    assert branch_logits.shape == (3, 4, 3)
+    np.testing.assert_allclose(
+        outputs["ensemble_logits"], branch_logits.mean(axis=0), atol=1e-6
+    )
+    # Branch 0 is the tail on the shared block's output.
+    model.get_layer("out").set_weights(net.get_layer("branch_0").get_weights())
+    np.testing.assert_allclose(branch_logits[0], model(x), atol=1e-6)
+
+
+def test_one_view_per_branch():
+    base = small_cnn()
+    net = make_multi_branch(
+        base, "conv1", num_branches=2, head="linear_fusion", views=2
+    )
+    assert [x.name for x in net.inputs] == ["view_0", "view_1"]
+    # One trunk for both views: the weights of a one-input network.
+    one_input = make_multi_branch(
+        small_cnn(), "conv1", num_branches=2, head="linear_fusion"
+    )
+    assert net.count_params() == one_input.count_params()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 12, 12, 3)).astype("float32")
+    logits = net((x[0], x[1]))["branch_logits"]
+    # Branch i reads view i only: its logits follow that view alone.
+    changed = net((x[0], x[1] + 1.0))["branch_logits"]
+    np.testing.assert_array_equal(changed[0], logits[0])
+    assert not np.allclose(changed[1], logits[1])
+    branch = net.get_layer("branch_1")
+    trunk = net.get_layer("trunk")
+    np.testing.assert_allclose(
+        branch(trunk(x[1]))["logits"], logits[1], rtol=1e-5, atol=1e-5
+    )
