@@ -161,13 +161,16 @@ def _stratified_subset(y, examples):
     return np.sort(np.concatenate(chosen))
 
 
-def load_data(args, seed):
-    """`(train_ds, test_ds, heldout_ds or None, info dict)`."""
+def load_data(args, seed, views=1):
+    """`(train_ds, test_ds, heldout_ds or None, info dict)`.
+
+    `views > 1` gives every image that many views (PCL's peers).
+    """
     from keras_one import data
 
     if args.train_examples is None:
         train_ds, test_ds, info = data.load(
-            args.data, batch_size=args.batch_size, seed=seed
+            args.data, batch_size=args.batch_size, seed=seed, views=views
         )
         return train_ds, test_ds, None, _info_dict(info)
     if not str(args.data).lower().endswith(".npz"):
@@ -191,13 +194,14 @@ def load_data(args, seed):
         y_test,
         batch_size=args.batch_size,
         seed=seed,
+        views=views,
         **stats,
     )
     heldout_ds = None
     if len(rest):
         _, heldout_ds, _ = data.load_arrays(
             x_sub[:1], y_sub[:1], x_train[rest], y_train[rest],
-            batch_size=args.batch_size, **stats,
+            batch_size=args.batch_size, views=views, **stats,
         )  # fmt: skip
     return train_ds, test_ds, heldout_ds, _info_dict(info)
 
@@ -359,8 +363,12 @@ def run_one(name, seed, args):
     import keras
 
     from keras_one import experiment
+    from keras_one import methods
 
-    train_ds, test_ds, heldout_ds, info = load_data(args, seed)
+    views = 1
+    if name != BASELINE:
+        views = methods.data_views(methods.get(name), args.branches)
+    train_ds, test_ds, heldout_ds, info = load_data(args, seed, views)
     recipe = _recipe(args, args.model, train_ds, test_ds, info)
     keras.utils.set_random_seed(seed)
     record = {"method": name, "seed": seed}
@@ -409,6 +417,14 @@ def run_one(name, seed, args):
             record["heldout_ensemble_accuracy"] = (
                 None if single else float(evaluated["ensemble_accuracy"])
             )
+        if "mean_branch_accuracy" in scores:
+            # PCL deploys its peers' temporal means: their accuracy too.
+            record["mean_branch_accuracy"] = scores["mean_branch_accuracy"]
+            if heldout_ds is not None:
+                record["heldout_mean_branch_accuracy"] = [
+                    experiment.mean_branch_accuracy(method, i, heldout_ds)
+                    for i in range(distiller.num_branches)
+                ]
     record["train_seconds"] = scores["train_seconds"]
     record["intra_op_threads"] = _intra_op_threads()
     record["history"] = {

@@ -216,10 +216,10 @@ def _add_verbose_argument(parser):
     )
 
 
-def _load_dataset(args, batch_size, augment=True):
+def _load_dataset(args, batch_size, augment=True, views=1):
     from keras_one import data
 
-    options = {}
+    options = {"views": views} if views > 1 else {}
     if args.data_dir:
         options["data_dir"] = args.data_dir
     if args.manual_dir:
@@ -276,6 +276,7 @@ def train(args):
     import keras
 
     from keras_one import experiment
+    from keras_one import methods
     from keras_one import report
 
     output_dir = args.output_dir or os.path.join(
@@ -284,6 +285,14 @@ def train(args):
     )
     os.makedirs(output_dir, exist_ok=True)
     train_ds, test_ds, info = _load_dataset(args, args.batch_size)
+    # A method whose branches each take their own view of the image (PCL)
+    # trains on data with that many views; the baseline on plain images.
+    views = methods.data_views(methods.get(args.method), args.branches)
+    method_data = {}
+    if views > 1:
+        method_data["train_ds"], method_data["test_ds"], _ = _load_dataset(
+            args, args.batch_size, views=views
+        )
     if args.model is None:
         args.model = "resnet8" if args.dataset == "digits" else "resnet32"
     recipe = dict(
@@ -328,12 +337,15 @@ def train(args):
         method,
         num_branches=args.branches,
         callbacks=[keras.callbacks.TensorBoard(logs)],
-        **recipe,
+        **{**recipe, **method_data},
     )
     results[args.method] = scores
     curves[name] = scores["history"]
     for index, accuracy in enumerate(scores["branch_accuracy"]):
         rows.append((f"{name} branch {index}", f"{100 * accuracy:.2f}"))
+    # The temporal means of the branches, the models PCL deploys.
+    for index, accuracy in enumerate(scores.get("mean_branch_accuracy", ())):
+        rows.append((f"{name} mean branch {index}", f"{100 * accuracy:.2f}"))
     if len(scores["branch_accuracy"]) > 1:
         rows.append(
             (f"{name} ensemble", f"{100 * scores['ensemble_accuracy']:.2f}")
@@ -382,7 +394,13 @@ def evaluate(args):
     from keras_one import report
 
     model = _load_model(args.model_path)
-    _, test_ds, info = _load_dataset(args, args.batch_size, augment=False)
+    # A student (or an ensemble export) with one input per view (PCL) is
+    # given the test images once per input.
+    network = model.student if isinstance(model, Distiller) else model
+    views = len(getattr(network, "inputs", None) or [None])
+    _, test_ds, info = _load_dataset(
+        args, args.batch_size, augment=False, views=views
+    )
     if isinstance(model, Distiller):
         if not model.compiled:
             model.compile()

@@ -168,7 +168,9 @@ def train_distiller(
     Returns:
         `(distiller, results)`: results hold the test accuracy of every
         branch (`branch_accuracy`, a list) and of the ensemble
-        (`ensemble_accuracy`), the epoch `history` and `train_seconds`.
+        (`ensemble_accuracy`), the epoch `history` and `train_seconds`;
+        for a method that deploys temporal means of its branches (PCL),
+        also their accuracy (`mean_branch_accuracy`, a list).
     """
     num_classes, input_shape = _classes_and_shape(info)
     student = method.build_student(
@@ -195,9 +197,42 @@ def train_distiller(
             for i in range(distiller.num_branches)
         ]
         ensemble = float(scores["ensemble_accuracy"])
-    return distiller, {
+    results = {
         "branch_accuracy": branches,
         "ensemble_accuracy": ensemble,
         "history": history,
         "train_seconds": seconds,
     }
+    if hasattr(method, "get_mean_branch_model"):
+        # PCL deploys the temporal mean of a peer, not its live weights.
+        results["mean_branch_accuracy"] = [
+            mean_branch_accuracy(method, index, test_ds)
+            for index in range(distiller.num_branches)
+        ]
+    return distiller, results
+
+
+def mean_branch_accuracy(method, index, dataset):
+    """Accuracy of `method.get_mean_branch_model(index)` on `dataset`.
+
+    Args:
+        method: a method that deploys temporal means of its branches (PCL).
+        index: the branch.
+        dataset: `(images, labels)` batches; `images` may be a tuple of
+            views (the evaluation views are one image repeated): the
+            first is used.
+
+    Returns:
+        The accuracy, a float.
+    """
+    model = method.get_mean_branch_model(index)
+    correct = total = 0
+    for images, labels in dataset:
+        if isinstance(images, (tuple, list)):
+            images = images[0]
+        logits = model(images, training=False)
+        predicted = keras.ops.convert_to_numpy(keras.ops.argmax(logits, -1))
+        labels = keras.ops.convert_to_numpy(labels).reshape(-1)
+        correct += int((predicted == labels).sum())
+        total += len(labels)
+    return correct / max(total, 1)

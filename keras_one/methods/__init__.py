@@ -11,6 +11,7 @@ import pkgutil
 
 from keras_one.methods.method import Method
 from keras_one.methods.method_info import MethodInfo
+from keras_one.methods.method_info import data_views
 from keras_one.methods.method_info import rampup_epochs
 from keras_one.methods.registry import get
 from keras_one.methods.registry import names
@@ -22,6 +23,6 @@ del _module
 globals().update({get(name).__name__: get(name) for name in names()})
 
 __all__ = sorted(
-    ["Method", "MethodInfo", "get", "names", "rampup_epochs"]
+    ["Method", "MethodInfo", "data_views", "get", "names", "rampup_epochs"]
     + [get(name).__name__ for name in names()]
 )

@@ -181,6 +181,15 @@ class Method(keras.layers.Layer):
             student: the student `keras.Model`, built.
         """
 
+    def build_from_config(self, config):
+        """Leaves the method unbuilt when it is loaded from a `.keras` file.
+
+        Its `Distiller` builds it when it is rebuilt: first the state tied
+        to the student (`build_state`), then the method's own layers on the
+        student's outputs, as when it was created. Keras' own build from
+        the saved shapes would come first and lock the layer's state.
+        """
+
     def after_train_step(self, student):
         """Updates state the method owns, after each optimizer step.
 
@@ -189,8 +198,8 @@ class Method(keras.layers.Layer):
         per training step, after the optimizer has applied that step's
         update, outside the gradient, on every backend (under JAX inside a
         `keras.StatelessScope`, so `variable.assign(...)` works as on the
-        other backends). Create the state in `build()` or the constructor
-        as non-trainable `keras.Variable`s (with
+        other backends). Create the state in `build_state()` as
+        non-trainable `keras.Variable`s (with
         `aggregation="only_first_replica"` when every replica computes the
         same value) so that it is saved and restored with the `Distiller`.
         State that depends on the batch (memory banks) is better updated in

@@ -3,6 +3,7 @@ import re
 
 STUDENTS = ("shared_trunk", "independent", "single", "own")
 TEACHERS = ("none", "one", "per_branch")
+VIEWS = ("one", "per_branch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,11 @@ class MethodInfo:
             fraction of training, from the paper or its official code (ONE:
             80 of 300 epochs); 0 for none. `rampup_epochs(method, epochs)`
             turns it into epochs for a run.
+        views: the images the student takes: `"one"` (one image, every
+            branch sees it) or `"per_branch"` (one independently augmented
+            view of the image per branch, as PCL's peers; the data must
+            come from `keras_one.data.load(..., views=num_branches)`).
+            `data_views(method, num_branches)` gives the count.
 
     Example:
 
@@ -57,6 +63,7 @@ class MethodInfo:
     student: str = "shared_trunk"
     teachers: str = "none"
     rampup_fraction: float = 0.0
+    views: str = "one"
 
     def __post_init__(self):
         if self.name is not None and not re.fullmatch(
@@ -87,6 +94,10 @@ class MethodInfo:
         if self.teachers not in TEACHERS:
             raise ValueError(
                 f"teachers must be one of {TEACHERS}; got {self.teachers!r}."
+            )
+        if self.views not in VIEWS:
+            raise ValueError(
+                f"views must be one of {VIEWS}; got {self.views!r}."
             )
         if not 0.0 <= self.rampup_fraction <= 1.0:
             raise ValueError(
@@ -128,3 +139,28 @@ def rampup_epochs(method, epochs, fraction=None):
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0; got {epochs}.")
     return int(round(fraction * epochs))
+
+
+def data_views(method, num_branches=None):
+    """How many views of each image a method's data must give.
+
+    Args:
+        method: a method class or instance.
+        num_branches: the student's number of branches; `None` for the
+            method's default (`info.branches`).
+
+    Returns:
+        1 for a method whose branches share one image; the number of
+        branches for one that gives each branch its own view (PCL). Pass
+        it as `views=` to `keras_one.data.load`.
+
+    Example:
+
+    >>> data_views(keras_one.methods.ONE)
+    1
+    >>> data_views(keras_one.methods.PCL, num_branches=4)
+    4
+    """
+    if method.info.views == "per_branch":
+        return int(num_branches or method.info.branches)
+    return 1

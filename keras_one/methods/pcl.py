@@ -109,6 +109,7 @@ class PCL(Method):
         branches=3,
         head="linear_fusion",
         rampup_fraction=80 / 300,
+        views="per_branch",
     )
     loss_names = ("ce", "ensemble_ce", "ensemble_kl", "mean_teacher_kl")
     required_outputs = ("branch_logits", "ensemble_logits")
@@ -320,14 +321,6 @@ class PCL(Method):
                 "method) first."
             )
         return student
-
-    def build_from_config(self, config):
-        """Leaves the method unbuilt when it is loaded.
-
-        Its `Distiller` creates the mean network (`build_state`), then
-        builds the method on the student's outputs; Keras' own build from
-        the saved shapes would come first and lock the layer's state.
-        """
 
     def get_config(self):
         return {**super().get_config(), "max_decay": self.max_decay}
