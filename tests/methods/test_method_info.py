@@ -60,6 +60,8 @@ def test_every_method_has_a_complete_consistent_description(name):
     outputs = normalize_outputs(student.output)
     assert len(outputs["branch_logits"]) == info.branches
     method.check_outputs(outputs)
+    # It takes the images the description says the data must give.
+    assert len(student.inputs) == methods.data_views(method_class)
 
 
 def test_the_built_in_methods_state_their_papers_defaults():
@@ -87,6 +89,16 @@ def test_the_built_in_methods_state_their_papers_defaults():
     assert methods.DML.info.student == "independent"
     assert methods.OEC.info.student == "own"
     assert methods.OKDDip.info.min_branches == 3
+    # Only PCL's peers each take their own view of the image.
+    per_branch_views = [
+        name
+        for name in methods.names()
+        if methods.get(name).info.views == "per_branch"
+    ]
+    assert per_branch_views == ["pcl"]
+    assert methods.data_views(methods.PCL) == 3
+    assert methods.data_views(methods.PCL(), num_branches=5) == 5
+    assert methods.data_views(methods.ONE, num_branches=5) == 1
 
 
 @pytest.mark.parametrize(
@@ -132,6 +144,7 @@ def test_rampup_epochs_reads_instances_and_rejects_bad_values():
         (dict(student="single", branches=3), "'single' student has 1"),
         (dict(teachers="two"), "teachers must be one of"),
         (dict(rampup_fraction=1.5), r"rampup_fraction must lie in \[0, 1\]"),
+        (dict(views="two"), "views must be one of"),
     ],
 )
 def test_inconsistent_descriptions_are_refused(arguments, message):

@@ -1,3 +1,5 @@
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -317,3 +319,40 @@ def test_bad_inputs_are_refused(tiny_data):
 def test_bad_views_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
         models.cifar_resnet(8, num_classes=4, input_shape=SHAPE, **arguments)
+
+
+def test_command_line_trains_evaluates_and_exports_pcl(tmp_path, capsys):
+    """`keras-one train --method pcl` loads a view per peer; the scores of
+    the temporal-mean peers it reports are those of their exports."""
+    out = tmp_path / "run"
+    cli.main(
+        ["train", "--method", "pcl", "--epochs", "1", "--no-baseline"]
+        + ["--verbose", "0", "--output-dir", str(out)]
+    )
+    results = json.loads((out / "results.json").read_text())["pcl"]
+    assert len(results["branch_accuracy"]) == 3
+    assert len(results["mean_branch_accuracy"]) == 3
+    # The saved Distiller is evaluated on three views of the test images.
+    scores_path = tmp_path / "scores.json"
+    cli.main(
+        ["evaluate", str(out / "distiller.keras"), "--verbose", "0"]
+        + ["--output", str(scores_path)]
+    )
+    scores = json.loads(scores_path.read_text())
+    np.testing.assert_allclose(
+        scores["ensemble_accuracy"], results["ensemble_accuracy"]
+    )
+    # `export --branch 2` writes the mean peer, which scores as reported.
+    exported = str(tmp_path / "peer_2.keras")
+    cli.main(
+        ["export", str(out / "distiller.keras"), "--branch", "2"]
+        + ["--output", exported]
+    )
+    assert "temporal mean (EMA) of branch 2" in capsys.readouterr().out
+    cli.main(
+        ["evaluate", exported, "--verbose", "0", "--output", str(scores_path)]
+    )
+    np.testing.assert_allclose(
+        json.loads(scores_path.read_text())["accuracy"],
+        results["mean_branch_accuracy"][2],
+    )
