@@ -181,14 +181,16 @@ class Method(keras.layers.Layer):
             student: the student `keras.Model`, built.
         """
 
-    def build_from_config(self, config):
-        """Leaves the method unbuilt when it is loaded from a `.keras` file.
+    def get_build_config(self):
+        """Saves no build shapes: a loaded method is built by its Distiller.
 
-        Its `Distiller` builds it when it is rebuilt: first the state tied
-        to the student (`build_state`), then the method's own layers on the
-        student's outputs, as when it was created. Keras' own build from
-        the saved shapes would come first and lock the layer's state.
+        The `Distiller` builds its method when it is created or loaded:
+        first the state tied to the student (`build_state`), then the
+        method's own layers on the student's outputs. A build by Keras from
+        saved shapes would come first, mark the method built and lock its
+        state, so none is saved.
         """
+        return None
 
     def after_train_step(self, student):
         """Updates state the method owns, after each optimizer step.
