@@ -521,6 +521,22 @@ class Distiller(KerasWorkarounds, keras.Model):
         ]
         return trainable, non_trainable, optimizer_state, metrics
 
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, **kwargs):
+        """Keras' `predict`: the logits of every branch and of the ensemble.
+
+        Returns:
+            A dict (a `Predictions`): `"branch_logits"`, a list of
+            `(examples, classes)` NumPy arrays, one per branch, and
+            `"ensemble_logits"` when the student has an ensemble. Pick one
+            before NumPy reductions: `np.argmax(outputs["ensemble_logits"],
+            -1)`; `np.argmax(outputs, -1)` raises a `TypeError` that says
+            so (on a plain dict NumPy would silently answer 0).
+        """
+        outputs = super().predict(
+            x, batch_size=batch_size, verbose=verbose, steps=steps, **kwargs
+        )
+        return Predictions(outputs)
+
     def predict_step(self, *args):
         """Keras' own step, keeping the logits (branches and ensemble)."""
         if keras.backend.backend() == "jax":
@@ -792,6 +808,27 @@ def _check_views(student, inputs):
             "student with one view per branch (PCL), load the data with "
             f"keras_one.data.load(..., views={views}) or pass a tuple of "
             f"{views} image arrays."
+        )
+
+
+class Predictions(dict):
+    """What `Distiller.predict` returns: a dict of logits, not an array.
+
+    `"branch_logits"` (a list, one array per branch) and, when the student
+    has one, `"ensemble_logits"`. It is a plain `dict` in every way but one:
+    NumPy refuses to turn it into an array (`np.argmax(predictions, -1)`
+    would otherwise answer 0 for every image, silently) and says which
+    entry to take instead.
+    """
+
+    def __array__(self, *args, **kwargs):
+        keys = ", ".join(repr(key) for key in self)
+        raise TypeError(
+            "Distiller.predict returns a dict of logits (keys "
+            f"{keys}), not an array: take one entry, e.g. "
+            "np.argmax(outputs['ensemble_logits'], -1) or "
+            "outputs['branch_logits'][0], or predict with a single model "
+            "from distiller.get_branch_model(0)."
         )
 
 

@@ -60,3 +60,20 @@ def test_weighted_metrics_are_refused_with_the_fix():
     distiller = tiny_distiller()
     with pytest.raises(ValueError, match="Pass them as `metrics`"):
         distiller.compile(optimizer="sgd", weighted_metrics=["accuracy"])
+
+
+def test_predictions_refuse_to_become_an_array():
+    """`np.argmax(distiller.predict(x), -1)` raises instead of giving 0s."""
+    x = np.random.default_rng(0).random((5, 8, 8, 1)).astype("float32")
+    distiller = tiny_distiller()
+    outputs = distiller.predict(x, batch_size=4, verbose=0)
+    assert isinstance(outputs, dict)
+    assert sorted(outputs) == ["branch_logits", "ensemble_logits"]
+    assert outputs["ensemble_logits"].shape == (5, 4)
+    assert [z.shape for z in outputs["branch_logits"]] == [(5, 4)] * 2
+    with pytest.raises(TypeError, match=r"np.argmax\(outputs\['ensemble_"):
+        np.argmax(outputs, -1)
+    with pytest.raises(TypeError, match="returns a dict of logits"):
+        np.asarray(outputs)
+    # One entry is an array, as expected.
+    assert np.argmax(outputs["ensemble_logits"], -1).shape == (5,)
