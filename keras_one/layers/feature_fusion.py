@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_one.layers import _pytorch_init
+
 
 @keras.saving.register_keras_serializable(package="keras_one")
 class FeatureFusion(keras.layers.Layer):
@@ -22,12 +24,33 @@ class FeatureFusion(keras.layers.Layer):
        -> softmax over branches, giving per-example weights `a_i`;
     3. `ensemble_logits = sum_i a_i * branch_logits[i]`.
 
+    Weights are initialized as a PyTorch network written like ONE's
+    official code would initialize them: the convolution He-normal with
+    fan-out (that code's loop over every `nn.Conv2d` of the network), the
+    `Dense` layer with PyTorch's default (`torch.nn.Linear`'s, as ONE's
+    gate: kernel and bias uniform in `+-1/sqrt(fan_in)`). `regularizer`
+    gives the module the weight decay such code applies to every
+    parameter.
+
     Args:
         num_branches: number of branches `N`, at least 2.
         return_fusion_weights: if `True`, the layer returns
             `(ensemble_logits, weights)`; otherwise only `ensemble_logits`.
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
+        kernel_initializer: initializer of the attention `Dense` kernel.
+            `None` (the default) for PyTorch's default, `keras.initializers.
+            VarianceScaling(1/3, mode="fan_in", distribution="uniform")`.
+        bias_initializer: initializer of the attention `Dense` bias. `None`
+            (the default) for PyTorch's default, uniform in
+            `+-1/sqrt(fan_in)`.
+        regularizer: regularizer of every weight of the module (the
+            convolution kernel, the BatchNormalization scales and offsets,
+            the `Dense` kernel and bias), e.g.
+            `keras.regularizers.L2(weight_decay / 2)` for PyTorch's coupled
+            weight decay `weight_decay`; `None` (the default) for none. The
+            `"feature_fusion"` head (`keras_one.models.heads`) passes the
+            network's.
         **kwargs: base layer keyword arguments, such as `name`.
 
     Call arguments:
@@ -56,6 +79,9 @@ class FeatureFusion(keras.layers.Layer):
         num_branches,
         return_fusion_weights=False,
         data_format=None,
+        kernel_initializer=None,
+        bias_initializer=None,
+        regularizer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -67,6 +93,11 @@ class FeatureFusion(keras.layers.Layer):
         self.num_branches = int(num_branches)
         self.return_fusion_weights = return_fusion_weights
         self.data_format = data_format or keras.config.image_data_format()
+        self.kernel_initializer = _pytorch_init.get_initializer(
+            kernel_initializer
+        )
+        self.bias_initializer = _pytorch_init.get_initializer(bias_initializer)
+        self.regularizer = keras.regularizers.get(regularizer)
 
     def _channels_axis(self):
         return -1 if self.data_format == "channels_last" else 1
@@ -99,22 +130,38 @@ class FeatureFusion(keras.layers.Layer):
             kernel_initializer=keras.initializers.VarianceScaling(
                 2.0, mode="fan_out", distribution="untruncated_normal"
             ),
+            kernel_regularizer=self.regularizer,
             name=f"{self.name}_conv",
         )
         self.fuse_norm = layers.BatchNormalization(
             axis=self._channels_axis(),
             momentum=0.9,
             epsilon=1e-5,
+            gamma_regularizer=self.regularizer,
+            beta_regularizer=self.regularizer,
             name=f"{self.name}_conv_bn",
         )
         self.pool = layers.GlobalAveragePooling2D(
             data_format=self.data_format, name=f"{self.name}_pool"
         )
         self.attention_dense = layers.Dense(
-            self.num_branches, name=f"{self.name}_dense"
+            self.num_branches,
+            kernel_initializer=_pytorch_init.kernel_initializer(
+                self.kernel_initializer
+            ),
+            bias_initializer=_pytorch_init.bias_initializer(
+                channels, self.bias_initializer
+            ),
+            kernel_regularizer=self.regularizer,
+            bias_regularizer=self.regularizer,
+            name=f"{self.name}_dense",
         )
         self.attention_norm = layers.BatchNormalization(
-            momentum=0.9, epsilon=1e-5, name=f"{self.name}_dense_bn"
+            momentum=0.9,
+            epsilon=1e-5,
+            gamma_regularizer=self.regularizer,
+            beta_regularizer=self.regularizer,
+            name=f"{self.name}_dense_bn",
         )
         fused_shape = list(shapes[0])
         fused_shape[self._channels_axis()] = channels * self.num_branches
@@ -167,4 +214,11 @@ class FeatureFusion(keras.layers.Layer):
             "num_branches": self.num_branches,
             "return_fusion_weights": self.return_fusion_weights,
             "data_format": self.data_format,
+            "kernel_initializer": _pytorch_init.serialize_initializer(
+                self.kernel_initializer
+            ),
+            "bias_initializer": _pytorch_init.serialize_initializer(
+                self.bias_initializer
+            ),
+            "regularizer": keras.regularizers.serialize(self.regularizer),
         }

@@ -1,7 +1,7 @@
-import math
-
 import keras
 from keras import ops
+
+from keras_one.layers import _pytorch_init
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -20,13 +20,30 @@ class FusionClassifier(keras.layers.Layer):
     gives the fused logits `z_F`. The paper fuses two branches; any number
     `N >= 2` works the same way. Convolutions have no bias and are
     He-normal initialized with torch's fan (`k * k * out_channels`), the
-    dense layer uses torch's default initialization, and BatchNorm torch's
+    dense layer uses torch's default initialization (`torch.nn.Linear`'s:
+    kernel and bias uniform in `+-1/sqrt(fan_in)`), and BatchNorm torch's
     momentum and epsilon, as in the official code.
+
+    Weight decay: the official code trains the fusion module with its own
+    SGD optimizer, whose weight decay (1e-5, `train_FFL.py`) applies to
+    every parameter of the module; `regularizer` gives it here (the
+    `"fusion_classifier"` head of `keras_one.models.heads` passes that
+    official 1e-5 when the network is regularized).
 
     Args:
         num_classes: number of classes.
         data_format: `"channels_last"` or `"channels_first"`. Defaults to
             `keras.config.image_data_format()`.
+        kernel_initializer: initializer of the `Dense` kernel. `None` (the
+            default) for PyTorch's default, `keras.initializers.
+            VarianceScaling(1/3, mode="fan_in", distribution="uniform")`.
+        bias_initializer: initializer of the `Dense` bias. `None` (the
+            default) for PyTorch's default, uniform in `+-1/sqrt(fan_in)`.
+        regularizer: regularizer of every weight of the module (the
+            convolution kernels, the BatchNormalization scales and offsets,
+            the `Dense` kernel and bias), e.g.
+            `keras.regularizers.L2(weight_decay / 2)` for PyTorch's coupled
+            weight decay `weight_decay`; `None` (the default) for none.
         **kwargs: base layer keyword arguments, such as `name`.
 
     Call arguments:
@@ -44,12 +61,25 @@ class FusionClassifier(keras.layers.Layer):
     (None, 10)
     """
 
-    def __init__(self, num_classes, data_format=None, **kwargs):
+    def __init__(
+        self,
+        num_classes,
+        data_format=None,
+        kernel_initializer=None,
+        bias_initializer=None,
+        regularizer=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1; got {num_classes}.")
         self.num_classes = int(num_classes)
         self.data_format = data_format or keras.config.image_data_format()
+        self.kernel_initializer = _pytorch_init.get_initializer(
+            kernel_initializer
+        )
+        self.bias_initializer = _pytorch_init.get_initializer(bias_initializer)
+        self.regularizer = keras.regularizers.get(regularizer)
 
     def _channels_axis(self):
         return -1 if self.data_format == "channels_last" else 1
@@ -81,12 +111,15 @@ class FusionClassifier(keras.layers.Layer):
             depthwise_initializer=keras.initializers.VarianceScaling(
                 2.0, mode="fan_in", distribution="untruncated_normal"
             ),
+            depthwise_regularizer=self.regularizer,
             name=f"{self.name}_depthwise",
         )
         self.depthwise_norm = layers.BatchNormalization(
             axis=self._channels_axis(),
             momentum=0.9,
             epsilon=1e-5,
+            gamma_regularizer=self.regularizer,
+            beta_regularizer=self.regularizer,
             name=f"{self.name}_depthwise_bn",
         )
         self.pointwise = layers.Conv2D(
@@ -97,22 +130,30 @@ class FusionClassifier(keras.layers.Layer):
             kernel_initializer=keras.initializers.VarianceScaling(
                 2.0, mode="fan_out", distribution="untruncated_normal"
             ),
+            kernel_regularizer=self.regularizer,
             name=f"{self.name}_pointwise",
         )
         self.pointwise_norm = layers.BatchNormalization(
             axis=self._channels_axis(),
             momentum=0.9,
             epsilon=1e-5,
+            gamma_regularizer=self.regularizer,
+            beta_regularizer=self.regularizer,
             name=f"{self.name}_pointwise_bn",
         )
         self.pool = layers.GlobalAveragePooling2D(
             data_format=self.data_format, name=f"{self.name}_pool"
         )
-        limit = 1.0 / math.sqrt(channels)
         self.classifier = layers.Dense(
             self.num_classes,
-            kernel_initializer=keras.initializers.RandomUniform(-limit, limit),
-            bias_initializer=keras.initializers.RandomUniform(-limit, limit),
+            kernel_initializer=_pytorch_init.kernel_initializer(
+                self.kernel_initializer
+            ),
+            bias_initializer=_pytorch_init.bias_initializer(
+                channels, self.bias_initializer
+            ),
+            kernel_regularizer=self.regularizer,
+            bias_regularizer=self.regularizer,
             name=f"{self.name}_dense",
         )
         fused_shape = list(shapes[0])
@@ -152,4 +193,11 @@ class FusionClassifier(keras.layers.Layer):
             **super().get_config(),
             "num_classes": self.num_classes,
             "data_format": self.data_format,
+            "kernel_initializer": _pytorch_init.serialize_initializer(
+                self.kernel_initializer
+            ),
+            "bias_initializer": _pytorch_init.serialize_initializer(
+                self.bias_initializer
+            ),
+            "regularizer": keras.regularizers.serialize(self.regularizer),
         }

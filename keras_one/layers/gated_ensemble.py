@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_one.layers import _pytorch_init
+
 
 @keras.saving.register_keras_serializable(package="keras_one")
 class GatedEnsemble(keras.layers.Layer):
@@ -14,6 +16,12 @@ class GatedEnsemble(keras.layers.Layer):
     The ensemble teacher is the gate-weighted sum of the branch logits,
     `ensemble_logits = sum_i gate_weights[:, i] * branch_logits[i]`.
 
+    As in that code, the `Dense` layer has PyTorch's default initialization
+    (`torch.nn.Linear`'s: kernel and bias uniform in `+-1/sqrt(fan_in)`)
+    and BatchNormalization PyTorch's momentum and epsilon; the official
+    optimizer applies weight decay to every parameter, gate included, which
+    `regularizer` gives here.
+
     Args:
         num_branches: number of branches, at least 2.
         return_gate_weights: if `True`, the layer returns the tuple
@@ -21,6 +29,16 @@ class GatedEnsemble(keras.layers.Layer):
             `ensemble_logits`.
         data_format: `"channels_last"` or `"channels_first"`, for 4D
             features. Defaults to `keras.config.image_data_format()`.
+        kernel_initializer: initializer of the `Dense` kernel. `None` (the
+            default) for PyTorch's default, `keras.initializers.
+            VarianceScaling(1/3, mode="fan_in", distribution="uniform")`.
+        bias_initializer: initializer of the `Dense` bias. `None` (the
+            default) for PyTorch's default, uniform in `+-1/sqrt(fan_in)`.
+        regularizer: regularizer of every weight of the gate (the `Dense`
+            kernel and bias, the BatchNormalization scale and offset), e.g.
+            `keras.regularizers.L2(weight_decay / 2)` for PyTorch's coupled
+            weight decay `weight_decay`; `None` (the default) for none. The
+            `"gate"` head (`keras_one.models.heads`) passes the network's.
         **kwargs: base layer keyword arguments, such as `name`.
 
     Call arguments:
@@ -50,6 +68,9 @@ class GatedEnsemble(keras.layers.Layer):
         num_branches,
         return_gate_weights=False,
         data_format=None,
+        kernel_initializer=None,
+        bias_initializer=None,
+        regularizer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -61,6 +82,11 @@ class GatedEnsemble(keras.layers.Layer):
         self.num_branches = int(num_branches)
         self.return_gate_weights = return_gate_weights
         self.data_format = data_format or keras.config.image_data_format()
+        self.kernel_initializer = _pytorch_init.get_initializer(
+            kernel_initializer
+        )
+        self.bias_initializer = _pytorch_init.get_initializer(bias_initializer)
+        self.regularizer = keras.regularizers.get(regularizer)
 
     def build(self, features_shape, branch_logits_shape):
         if len(branch_logits_shape) != self.num_branches:
@@ -75,11 +101,26 @@ class GatedEnsemble(keras.layers.Layer):
             )
         channels_axis = -1 if self.data_format == "channels_last" else 1
         channels = features_shape[channels_axis]
-        # Same initialization and statistics as torch's Linear/BatchNorm1d.
-        self.gate_dense = keras.layers.Dense(self.num_branches, name="dense")
+        # torch's Linear initialization, BatchNorm1d momentum and epsilon.
+        self.gate_dense = keras.layers.Dense(
+            self.num_branches,
+            kernel_initializer=_pytorch_init.kernel_initializer(
+                self.kernel_initializer
+            ),
+            bias_initializer=_pytorch_init.bias_initializer(
+                channels, self.bias_initializer
+            ),
+            kernel_regularizer=self.regularizer,
+            bias_regularizer=self.regularizer,
+            name="dense",
+        )
         self.gate_dense.build((None, channels))
         self.gate_norm = keras.layers.BatchNormalization(
-            momentum=0.9, epsilon=1e-5, name="batch_norm"
+            momentum=0.9,
+            epsilon=1e-5,
+            gamma_regularizer=self.regularizer,
+            beta_regularizer=self.regularizer,
+            name="batch_norm",
         )
         self.gate_norm.build((None, self.num_branches))
 
@@ -133,4 +174,11 @@ class GatedEnsemble(keras.layers.Layer):
             "num_branches": self.num_branches,
             "return_gate_weights": self.return_gate_weights,
             "data_format": self.data_format,
+            "kernel_initializer": _pytorch_init.serialize_initializer(
+                self.kernel_initializer
+            ),
+            "bias_initializer": _pytorch_init.serialize_initializer(
+                self.bias_initializer
+            ),
+            "regularizer": keras.regularizers.serialize(self.regularizer),
         }

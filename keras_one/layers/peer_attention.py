@@ -1,13 +1,7 @@
 import keras
 from keras import ops
 
-
-def _torch_linear_initializer():
-    # torch.nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)):
-    # the uniform limit is sqrt(3 * scale / fan_in).
-    return keras.initializers.VarianceScaling(
-        1.0 / 3.0, mode="fan_in", distribution="uniform"
-    )
+from keras_one.layers import _pytorch_init
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -24,13 +18,26 @@ class PeerAttention(keras.layers.Layer):
     `t_i = sum_j A_ij z_j`, a per-example weighted ensemble of all peers'
     logits (itself included). The projections learn only through the
     distillation loss on these targets, so the targets must not be
-    detached there (`keras_one.methods.OKDDip` does not).
+    detached there (`keras_one.methods.OKDDip` does not). As in that code,
+    the projections have PyTorch's default initialization
+    (`torch.nn.Linear`'s: uniform in `+-1/sqrt(fan_in)`), and the official
+    optimizer applies weight decay to them as to every parameter, which
+    `regularizer` gives here.
 
     Args:
         projection_dim: size of the query/key projections; defaults to
             `feature_dim // 8`, as in the official code.
         return_attention_weights: if `True`, the layer returns
             `(targets, attention)`; otherwise only `targets`.
+        kernel_initializer: initializer of the projections `W_q` and `W_k`
+            (each draws its own values). `None` (the default) for
+            PyTorch's default, `keras.initializers.VarianceScaling(1/3,
+            mode="fan_in", distribution="uniform")`.
+        regularizer: regularizer of `W_q` and `W_k`, e.g.
+            `keras.regularizers.L2(weight_decay / 2)` for PyTorch's coupled
+            weight decay `weight_decay`; `None` (the default) for none. The
+            `"peer_attention"` head (`keras_one.models.heads`) passes the
+            network's.
         **kwargs: base layer keyword arguments, such as `name`.
 
     Call arguments:
@@ -55,7 +62,12 @@ class PeerAttention(keras.layers.Layer):
     """
 
     def __init__(
-        self, projection_dim=None, return_attention_weights=False, **kwargs
+        self,
+        projection_dim=None,
+        return_attention_weights=False,
+        kernel_initializer=None,
+        regularizer=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if projection_dim is not None and int(projection_dim) < 1:
@@ -66,6 +78,10 @@ class PeerAttention(keras.layers.Layer):
             None if projection_dim is None else int(projection_dim)
         )
         self.return_attention_weights = return_attention_weights
+        self.kernel_initializer = _pytorch_init.get_initializer(
+            kernel_initializer
+        )
+        self.regularizer = keras.regularizers.get(regularizer)
 
     def build(self, features_shape, logits_shape):
         if len(features_shape) < 2 or len(features_shape) != len(logits_shape):
@@ -85,13 +101,19 @@ class PeerAttention(keras.layers.Layer):
         self.query = keras.layers.Dense(
             units,
             use_bias=False,
-            kernel_initializer=_torch_linear_initializer(),
+            kernel_initializer=_pytorch_init.kernel_initializer(
+                self.kernel_initializer
+            ),
+            kernel_regularizer=self.regularizer,
             name=f"{self.name}_query",
         )
         self.key = keras.layers.Dense(
             units,
             use_bias=False,
-            kernel_initializer=_torch_linear_initializer(),
+            kernel_initializer=_pytorch_init.kernel_initializer(
+                self.kernel_initializer
+            ),
+            kernel_regularizer=self.regularizer,
             name=f"{self.name}_key",
         )
         self.query.build((None, feature_dim))
@@ -147,4 +169,8 @@ class PeerAttention(keras.layers.Layer):
             **super().get_config(),
             "projection_dim": self.projection_dim,
             "return_attention_weights": self.return_attention_weights,
+            "kernel_initializer": _pytorch_init.serialize_initializer(
+                self.kernel_initializer
+            ),
+            "regularizer": keras.regularizers.serialize(self.regularizer),
         }

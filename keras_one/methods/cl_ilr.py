@@ -23,7 +23,9 @@ class CLILR(Method):
     with `beta = 0.5` and `T = 2` as in the paper (its soft loss is the
     cross-entropy with the soft target, which differs from this KL by the
     target's entropy, a constant without gradient). The target is detached,
-    as in the paper and the reproduction of Wu and Gong (MCL-OKD code).
+    as in the paper and in the reproduction by Yang, An and Xu, the authors
+    of MCL-OKD (ICASSP 2021; github.com/winycg/MCL-OKD,
+    `main_cifar_cl_ilr.py`).
     `KL_T` is summed over classes, averaged over the batch and multiplied
     by `T^2`.
 

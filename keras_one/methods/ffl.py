@@ -34,8 +34,11 @@ class FFL(Method):
     `w(e) = exp(-5 (1 - min(e, R)/R)^2)` with `R = 80` of 300 epochs are the
     official settings. The official code trains the fusion module with its
     own SGD optimizer of the same learning rate and a weight decay of 1e-5
-    (1e-4 for the network); here one optimizer trains both, and the fusion
-    module has no weight decay. More than two branches work the same way.
+    (1e-4 for the network); here one optimizer trains both, and the
+    `"fusion_classifier"` head gives the fusion module of a regularized
+    network that official weight decay, 1e-5, as a coupled L2 penalty on
+    every weight (`keras_one.models.heads.fusion_classifier_head`). More
+    than two branches work the same way.
 
     Deploy a branch (`distiller.get_branch_model(i)`) or the fused
     classifier (`distiller.get_ensemble_model()`).

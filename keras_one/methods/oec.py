@@ -1,6 +1,10 @@
+import math
+import numbers
+
 import keras
 from keras import ops
 
+from keras_one.layers import _pytorch_init
 from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
@@ -31,16 +35,38 @@ class OEC(Method):
     official `KL_Loss`). All students are trained at once; each is then
     exported alone with `Distiller.get_branch_model(i)`.
 
-    Readings where the official code differs:
+    The defaults are the official code at its head (`utils/Losses.py`,
+    `models/ResNet_cifar.py`, `tools/train.py`), which agrees with the
+    paper's loss and also fixes what the paper leaves open, how the
+    adapters are trained:
 
-    - Its label term is `0.7 * CE(z_E, y)`, the ensemble's cross-entropy
-      only (`contribution_ratios[0]` multiplies the teacher's loss);
-      `ensemble_label_loss=True` reproduces that. The default follows the
-      formula above, with every student's cross-entropy.
-    - It does not detach the widest student's features in the hint term
-      and creates its adapters after the optimizer, so they stay at their
-      random initialization; here the target is detached and the adapters
-      learn (as in FitNets-style hints).
+    - the label term is the students' cross-entropies only: the ensemble
+      `z_E` gets none (`Loss_A = sum(Individual_normal_losses[1:])`);
+    - the widest student's stage outputs are detached (`.detach()` in the
+      forward pass), so the hints train the narrower students and the
+      adapters only;
+    - the adapters are created at the first batch with PyTorch's default
+      initialization (`nn.Conv2d`'s, as here) and join the optimizer only
+      after the first epoch, as their own parameter group at half the
+      learning rate: here `adapter_start_epoch=1` and
+      `adapter_learning_rate_multiplier=0.5`, applied through
+      `Method.learning_rate_multipliers` (the adapters are frozen in epoch
+      0 and then move by half the optimizer's step, whatever the
+      schedule). In the first epoch the hints still train the narrower
+      students through the adapters at their initialization.
+
+    Readings where this differs from the official code: when it adds the
+    adapters, the official code builds a new optimizer and learning-rate
+    scheduler, so every parameter's optimizer state (Adam's moments)
+    restarts after epoch 0 and its step schedule restarts one epoch late;
+    here the optimizer and schedule run on, and the optimizer's slots for
+    the frozen adapters follow their gradients in epoch 0. The adapters
+    get no weight decay here (the official optimizer decays them too).
+
+    `ensemble_label_loss=True` gives the label term of the official code's
+    intermediate commit 0222b55, `0.7 * CE(z_E, y)` (the ensemble's
+    cross-entropy only), which its head replaced by the students'; it is
+    not the official code's recipe, and is kept for comparison.
 
     The student must return `branch_logits` and `branch_stage_features`:
     build it with `keras_one.models.oec_resnet` (or `OEC.build_student`).
@@ -51,8 +77,16 @@ class OEC(Method):
         hint_weight: weight of the feature hints, default 0.15.
         kl_weight: weight of the distillation term, default 0.15.
         ensemble_label_loss: if `True`, the label term is the ensemble's
-            cross-entropy `CE(z_E, y)` (official code) instead of
-            `sum_i CE(z_i, y)`.
+            cross-entropy `CE(z_E, y)` (the intermediate commit 0222b55)
+            instead of `sum_i CE(z_i, y)` (the paper and the official
+            code's head). Default `False`.
+        adapter_learning_rate_multiplier: the adapters' learning rate, as
+            a multiple of the optimizer's; default 0.5, as in the official
+            code. 1 trains them like the students.
+        adapter_start_epoch: the epoch (counted from 0) from which the
+            adapters train; before it they keep their initialization.
+            Default 1, as in the official code; 0 trains them from the
+            first step.
         **kwargs: `Method` keyword arguments (`name`; `rampup_epochs`,
             default 0: none, as in the paper).
 
@@ -75,13 +109,38 @@ class OEC(Method):
         hint_weight=0.15,
         kl_weight=0.15,
         ensemble_label_loss=False,
+        adapter_learning_rate_multiplier=0.5,
+        adapter_start_epoch=1,
         **kwargs,
     ):
         super().__init__(temperature=temperature, **kwargs)
+        multiplier = adapter_learning_rate_multiplier
+        if (
+            isinstance(multiplier, bool)
+            or not isinstance(multiplier, numbers.Real)
+            or not (math.isfinite(multiplier) and multiplier >= 0)
+        ):
+            raise ValueError(
+                "adapter_learning_rate_multiplier must be a finite number "
+                f">= 0 (the official code: 0.5); got {multiplier!r}."
+            )
+        start = adapter_start_epoch
+        if (
+            isinstance(start, bool)
+            or not isinstance(start, numbers.Real)
+            or start != int(start)
+            or start < 0
+        ):
+            raise ValueError(
+                "adapter_start_epoch must be an integer >= 0 (the official "
+                f"code: 1); got {start!r}."
+            )
         self.ce_weight = float(ce_weight)
         self.hint_weight = float(hint_weight)
         self.kl_weight = float(kl_weight)
         self.ensemble_label_loss = bool(ensemble_label_loss)
+        self.adapter_learning_rate_multiplier = float(multiplier)
+        self.adapter_start_epoch = int(start)
 
     def check_outputs(self, outputs, student=None):
         if "branch_stage_features" not in outputs:
@@ -154,11 +213,40 @@ class OEC(Method):
                         f"{student} (shape {tuple(shape)}) with student 0's "
                         f"(shape {tuple(target)}): the spatial sizes differ."
                     )
+                # torch's nn.Conv2d initialization, as the official
+                # adapters have.
                 adapter = keras.layers.Conv2D(
-                    target[-1], 1, name=f"adapter_{student}_stage{stage}"
+                    target[-1],
+                    1,
+                    kernel_initializer=_pytorch_init.kernel_initializer(),
+                    bias_initializer=_pytorch_init.bias_initializer(shape[-1]),
+                    name=f"adapter_{student}_stage{stage}",
                 )
                 adapter.build(shape)
                 self.adapters.append(adapter)
+
+    def learning_rate_multipliers(self, epoch):
+        """The adapters' learning rate: 0 before `adapter_start_epoch`.
+
+        Args:
+            epoch: the current epoch, a float scalar tensor (or a number).
+
+        Returns:
+            `{adapter: multiplier}` for every adapter: 0 before
+            `adapter_start_epoch`, `adapter_learning_rate_multiplier`
+            from it on; `{}` when the adapters train like the students.
+        """
+        multiplier = self.adapter_learning_rate_multiplier
+        if self.adapter_start_epoch > 0:
+            multiplier = ops.where(
+                ops.convert_to_tensor(epoch, "float32")
+                >= self.adapter_start_epoch,
+                multiplier,
+                0.0,
+            )
+        elif multiplier == 1.0:
+            return {}
+        return {adapter: multiplier for adapter in self.adapters}
 
     def call(self, inputs, outputs, training=None):
         stage_features = outputs["branch_stage_features"]
@@ -209,6 +297,10 @@ class OEC(Method):
             "hint_weight": self.hint_weight,
             "kl_weight": self.kl_weight,
             "ensemble_label_loss": self.ensemble_label_loss,
+            "adapter_learning_rate_multiplier": (
+                self.adapter_learning_rate_multiplier
+            ),
+            "adapter_start_epoch": self.adapter_start_epoch,
         }
 
 

@@ -112,6 +112,7 @@ def cifar_resnet(
             head=head,
             name=name,
             views=views,
+            head_regularizer=regularizer,
         )
     if views != 1:
         raise ValueError(
@@ -137,5 +138,5 @@ def cifar_resnet(
         "branch_features": branches["features"],
         "branch_feature_maps": branches["feature_maps"],
     }
-    outputs.update(heads.get(head)(outputs))
+    outputs.update(heads.get(head, regularizer)(outputs))
     return keras.Model(inputs, outputs, name=name)

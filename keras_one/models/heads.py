@@ -8,7 +8,16 @@ outputs it adds. Model builders take a head by name: `"gate"` (ONE),
 `"feature_fusion"` (MDE), `"linear_fusion"` (PCL), or `None` (branch
 logits only). Methods name the
 head they need in `Method.head`.
+
+The built-in heads also take `regularizer`, the network's weight
+regularizer (`get(head, regularizer)` binds it): the official codes of
+these methods apply weight decay to every parameter, the gate, attention
+and fusion modules included. Their weights have PyTorch's default
+initialization, as in those codes (see each layer).
 """
+
+import functools
+import math
 
 import keras
 
@@ -17,19 +26,35 @@ from keras_one.layers.fusion_classifier import FusionClassifier
 from keras_one.layers.gated_ensemble import GatedEnsemble
 from keras_one.layers.peer_attention import PeerAttention
 
+# FFL's official code (train_FFL.py) trains its fusion module with an
+# optimizer of its own, whose weight decay is 1e-5 whatever the network's.
+FFL_FUSION_WEIGHT_DECAY = 1e-5
 
-def gate_head(outputs):
-    """ONE's gate: `ensemble_logits` and `gate_weights`."""
+
+def gate_head(outputs, regularizer=None):
+    """ONE's gate: `ensemble_logits` and `gate_weights`.
+
+    Args:
+        outputs: the network's output dict.
+        regularizer: regularizer of every weight of the gate, or `None`.
+
+    Returns:
+        A dict with `ensemble_logits` and `gate_weights`.
+    """
     ensemble_logits, gate_weights = GatedEnsemble(
         len(outputs["branch_logits"]),
         return_gate_weights=True,
+        regularizer=regularizer,
         name="gated_ensemble",
     )(outputs["shared_features"], outputs["branch_logits"])
     return {"ensemble_logits": ensemble_logits, "gate_weights": gate_weights}
 
 
-def mean_head(outputs):
-    """The plain average of the branch logits as `ensemble_logits`."""
+def mean_head(outputs, regularizer=None):
+    """The plain average of the branch logits as `ensemble_logits`.
+
+    It has no weights, so `regularizer` is unused.
+    """
     return {
         "ensemble_logits": keras.layers.Average(name="ensemble_logits")(
             outputs["branch_logits"]
@@ -47,12 +72,12 @@ def _require(outputs, key, head):
     return outputs[key]
 
 
-def peer_attention_head(outputs):
+def peer_attention_head(outputs, regularizer=None):
     """OKDDip: `peer_targets` and `peer_attention` for all but the last branch.
 
     The last branch is the group leader; the others are peers whose
     attention-weighted ensembles (`keras_one.layers.PeerAttention`) are
-    their distillation targets.
+    their distillation targets. `regularizer` applies to the projections.
     """
     num_peers = len(outputs["branch_logits"]) - 1
     if num_peers < 2:
@@ -62,63 +87,108 @@ def peer_attention_head(outputs):
         )
     features = _require(outputs, "branch_features", "peer_attention")
     targets, attention = PeerAttention(
-        return_attention_weights=True, name="peer_attention"
+        return_attention_weights=True,
+        regularizer=regularizer,
+        name="peer_attention",
     )(features[:num_peers], outputs["branch_logits"][:num_peers])
     return {"peer_targets": targets, "peer_attention": attention}
 
 
-def fusion_classifier_head(outputs):
-    """FFL: the fused classifier's logits as `ensemble_logits`."""
+def fusion_classifier_head(outputs, regularizer=None):
+    """FFL: the fused classifier's logits as `ensemble_logits`.
+
+    As in FFL's official code, which trains its fusion module with an
+    optimizer of its own (weight decay 1e-5), the fusion module of a
+    regularized network (`regularizer` not `None`) gets the coupled weight
+    decay `FFL_FUSION_WEIGHT_DECAY = 1e-5`, whatever the network's; with
+    `regularizer=None`, none.
+    """
     feature_maps = _require(outputs, "branch_feature_maps", "fusion_classifier")
     num_classes = outputs["branch_logits"][0].shape[-1]
+    if regularizer is not None:
+        regularizer = keras.regularizers.L2(FFL_FUSION_WEIGHT_DECAY / 2)
     return {
         "ensemble_logits": FusionClassifier(
-            num_classes, name="fusion_classifier"
+            num_classes, regularizer=regularizer, name="fusion_classifier"
         )(feature_maps)
     }
 
 
-def feature_fusion_head(outputs):
+def feature_fusion_head(outputs, regularizer=None):
     """MDE: `ensemble_logits` weighted by attention on fused branch features.
 
     The weights (`keras_one.layers.FeatureFusion`) are returned as
-    `gate_weights`.
+    `gate_weights`. `regularizer` applies to every weight of the module.
     """
     feature_maps = _require(outputs, "branch_feature_maps", "feature_fusion")
     ensemble_logits, weights = FeatureFusion(
         len(outputs["branch_logits"]),
         return_fusion_weights=True,
+        regularizer=regularizer,
         name="feature_fusion",
     )(feature_maps, outputs["branch_logits"])
     return {"ensemble_logits": ensemble_logits, "gate_weights": weights}
 
 
-def linear_fusion_head(outputs):
+def linear_fusion_head(outputs, regularizer=None):
     """PCL: a linear classifier on the concatenated pooled branch features.
 
     `ensemble_logits = Dense(C)(concat(f_1, ..., f_N))`, with `f_i` the
     pooled features that branch `i`'s classifier reads (the peer ensemble
-    teacher of Wu and Gong, AAAI 2021). Built-in Keras layers only.
+    teacher of Wu and Gong, AAAI 2021). Built-in Keras layers only. The
+    `Dense` layer has PyTorch's default initialization (kernel and bias
+    uniform in `+-1/sqrt(fan_in)`, `torch.nn.Linear`'s, as in the
+    reimplementation PCL's specification follows) and `regularizer` on its
+    kernel and bias.
     """
     features = _require(outputs, "branch_features", "linear_fusion")
     num_classes = outputs["branch_logits"][0].shape[-1]
     fused = keras.layers.Concatenate(name="fused_features")(features)
+    limit = 1.0 / math.sqrt(fused.shape[-1])
     return {
         "ensemble_logits": keras.layers.Dense(
-            num_classes, name="fusion_logits"
+            num_classes,
+            kernel_initializer=keras.initializers.VarianceScaling(
+                1.0 / 3.0, mode="fan_in", distribution="uniform"
+            ),
+            bias_initializer=keras.initializers.RandomUniform(-limit, limit),
+            kernel_regularizer=regularizer,
+            bias_regularizer=regularizer,
+            name="fusion_logits",
         )(fused)
     }
 
 
-HEADS = {"gate": gate_head, "mean": mean_head, None: lambda outputs: {}}
+def no_head(outputs, regularizer=None):
+    """Branch logits only: adds nothing."""
+    return {}
+
+
+HEADS = {"gate": gate_head, "mean": mean_head, None: no_head}
 HEADS["peer_attention"] = peer_attention_head
 HEADS["fusion_classifier"] = fusion_classifier_head
 HEADS["feature_fusion"] = feature_fusion_head
 HEADS["linear_fusion"] = linear_fusion_head
 
 
-def get(head):
-    """Returns the head function for a name (or a callable, as is)."""
+def get(head, regularizer=None):
+    """Returns the head function for a name (or a callable, as is).
+
+    Args:
+        head: a name of `HEADS` (`"gate"`, `"mean"`, ..., or `None`), or a
+            head function, returned as is.
+        regularizer: the network's weight regularizer (e.g.
+            `keras.regularizers.L2(weight_decay / 2)`), bound to a built-in
+            head so that its weights are regularized like the network's;
+            `None` for none.
+
+    Returns:
+        A function from the network's output dict to the outputs it adds.
+
+    Example:
+
+    >>> head = get("gate", keras.regularizers.L2(5e-5))
+    """
     if callable(head):
         return head
     if head not in HEADS:
@@ -127,4 +197,8 @@ def get(head):
             f"Unknown head {head!r}. Known heads: {known}, None, or a "
             "function from the output dict to the outputs it adds."
         )
-    return HEADS[head]
+    if regularizer is None:
+        return HEADS[head]
+    return functools.partial(
+        HEADS[head], regularizer=keras.regularizers.get(regularizer)
+    )

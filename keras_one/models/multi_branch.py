@@ -39,7 +39,13 @@ def _find_features(model, logits):
 
 
 def make_multi_branch(
-    model, split_at, num_branches=3, head="gate", name=None, views=1
+    model,
+    split_at,
+    num_branches=3,
+    head="gate",
+    name=None,
+    views=1,
+    head_regularizer=None,
 ):
     """Turns a functional model into a multi-branch (ONE-style) network.
 
@@ -71,6 +77,11 @@ def make_multi_branch(
         views: 1 (the default) for one input shared by every branch, or
             `num_branches` for one input per branch (see above); feed it
             with `keras_one.data.load(..., views=num_branches)`.
+        head_regularizer: regularizer of every weight of the head (the
+            gate, attention or fusion module), e.g. the network's own
+            `keras.regularizers.L2(weight_decay / 2)`: the official codes
+            decay every parameter. `None` (the default) for none.
+            `keras_one.models.cifar_resnet` passes its `weight_decay`.
 
     Returns:
         A functional `keras.Model` whose output is a dict with
@@ -169,7 +180,7 @@ def make_multi_branch(
         outputs["branch_feature_maps"] = [
             b["feature_map"] for b in branch_outputs
         ]
-    outputs.update(heads.get(head)(outputs))
+    outputs.update(heads.get(head, head_regularizer)(outputs))
     return keras.Model(
         inputs, outputs, name=name or f"{model.name}_multi_branch"
     )

@@ -103,7 +103,7 @@ def oec_resnet(
         outputs["branch_features"].append(pooled)
         outputs["branch_feature_maps"].append(x)
         outputs["branch_stage_features"].append(stage_features)
-    outputs.update(heads.get(head)(outputs))
+    outputs.update(heads.get(head, regularizer)(outputs))
 
     # === Functional Model ===
     return keras.Model(inputs, outputs, name=name or f"oec_resnet{depth}")

@@ -77,6 +77,11 @@ def test_defaults_and_registry():
     )
     assert method.head == "mean" and method.rampup_epochs == 0
     assert methods.get("oec") is OEC
+    # The official code's head: students' CE, adapters at half the
+    # learning rate from the second epoch.
+    assert not method.ensemble_label_loss
+    assert method.adapter_learning_rate_multiplier == 0.5
+    assert method.adapter_start_epoch == 1
 
 
 @pytest.mark.backend_portable
@@ -154,7 +159,13 @@ def test_build_student():
 def test_save_and_load(tiny_data, tmp_path):
     x, y = tiny_data
     distiller = keras_one.Distiller(
-        students(num_students=2), OEC(temperature=3.0, ensemble_label_loss=True)
+        students(num_students=2),
+        OEC(
+            temperature=3.0,
+            ensemble_label_loss=True,
+            adapter_learning_rate_multiplier=0.25,
+            adapter_start_epoch=3,
+        ),
     )
     distiller.compile(optimizer="adam")
     distiller.fit(x, y, epochs=1, batch_size=96, verbose=0)
@@ -164,6 +175,9 @@ def test_save_and_load(tiny_data, tmp_path):
     assert isinstance(loaded.method, OEC)
     assert loaded.method.temperature == 3.0
     assert loaded.method.ensemble_label_loss
+    assert loaded.method.adapter_learning_rate_multiplier == 0.25
+    assert loaded.method.adapter_start_epoch == 3
+    assert loaded.method.get_config() == distiller.method.get_config()
     for old, new in zip(
         distiller.method.adapters, loaded.method.adapters, strict=True
     ):
@@ -174,3 +188,121 @@ def test_save_and_load(tiny_data, tmp_path):
     got = loaded.evaluate(x, y, verbose=0, return_dict=True)
     for name in ("loss", "ce", "hint", "kl"):
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5)
+
+
+def multiplier_values(method, epoch):
+    return {
+        adapter.name: float(ops.convert_to_numpy(m))
+        for adapter, m in method.learning_rate_multipliers(epoch).items()
+    }
+
+
+@pytest.mark.backend_portable
+def test_adapters_train_at_half_rate_from_the_second_epoch():
+    method = OEC()
+    keras_one.Distiller(students(), method)
+    names = {adapter.name for adapter in method.adapters}
+    assert len(names) == 6
+    for epoch, want in ((0, 0.0), (0.0, 0.0), (1, 0.5), (7.0, 0.5)):
+        got = multiplier_values(method, ops.convert_to_tensor(epoch, "float32"))
+        assert got == dict.fromkeys(names, want)
+    # From the first step, at their own rate; at the students' rate.
+    method = OEC(adapter_start_epoch=0, adapter_learning_rate_multiplier=0.3)
+    keras_one.Distiller(students(), method)
+    got = multiplier_values(method, 0)
+    assert got == {a.name: pytest.approx(0.3) for a in method.adapters}
+    method = OEC(adapter_start_epoch=0, adapter_learning_rate_multiplier=1)
+    keras_one.Distiller(students(), method)
+    assert method.learning_rate_multipliers(0) == {}
+
+
+def seeded_distiller(**kwargs):
+    keras.utils.set_random_seed(3)
+    distiller = keras_one.Distiller(students(num_students=2), OEC(**kwargs))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+    distiller.steps_per_epoch = 1
+    return distiller
+
+
+def adapter_values(distiller):
+    return [
+        ops.convert_to_numpy(v.value)
+        for v in distiller.method.trainable_weights
+    ]
+
+
+def student_values(distiller):
+    return [
+        ops.convert_to_numpy(v.value)
+        for v in distiller.student.trainable_weights
+    ]
+
+
+@pytest.mark.backend_portable
+def test_adapters_are_frozen_in_epoch_0_then_step_at_half_rate(tiny_data):
+    x, y = tiny_data
+    x, y = x[:16], y[:16]
+    official = seeded_distiller()
+    full_rate = seeded_distiller(adapter_learning_rate_multiplier=1.0)
+    start = adapter_values(official)
+    for before, after in zip(start, adapter_values(full_rate), strict=True):
+        np.testing.assert_array_equal(before, after)  # same initialization
+    students_start = student_values(official)
+
+    for distiller in (official, full_rate):
+        distiller.train_on_batch(x, y)  # epoch 0: adapters frozen
+    for distiller in (official, full_rate):
+        for before, after in zip(start, adapter_values(distiller), strict=True):
+            np.testing.assert_array_equal(before, after)
+    # The students learn (from the hints too, through the frozen adapters).
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(students_start, student_values(official), strict=True)
+    )
+    for a, b in zip(
+        student_values(official), student_values(full_rate), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+    for distiller in (official, full_rate):
+        distiller.train_on_batch(x, y)  # epoch 1: adapters train
+    moved = 0.0
+    for before, half, full in zip(
+        start, adapter_values(official), adapter_values(full_rate), strict=True
+    ):
+        np.testing.assert_allclose(
+            half - before, 0.5 * (full - before), rtol=1e-4, atol=1e-7
+        )
+        moved = max(moved, float(np.max(np.abs(full - before))))
+    assert moved > 1e-4
+
+
+@pytest.mark.backend_portable
+def test_adapters_have_pytorch_default_initialization():
+    keras.utils.set_random_seed(0)
+    method = OEC()
+    keras_one.Distiller(students(), method)
+    for adapter in method.adapters:
+        # nn.Conv2d(c_in, c_out, 1): kernel and bias in +-1/sqrt(c_in).
+        limit = 1.0 / np.sqrt(adapter.kernel.shape[2])
+        kernel = ops.convert_to_numpy(adapter.kernel.value)
+        bias = ops.convert_to_numpy(adapter.bias.value)
+        assert np.max(np.abs(kernel)) <= limit
+        assert np.max(np.abs(bias)) <= limit and np.any(bias != 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"adapter_learning_rate_multiplier": -0.5}, "finite number >= 0"),
+        ({"adapter_learning_rate_multiplier": float("nan")}, "finite"),
+        ({"adapter_learning_rate_multiplier": "half"}, "finite number"),
+        ({"adapter_learning_rate_multiplier": True}, "finite number"),
+        ({"adapter_start_epoch": -1}, "integer >= 0"),
+        ({"adapter_start_epoch": 1.5}, "integer >= 0"),
+        ({"adapter_start_epoch": None}, "integer >= 0"),
+    ],
+)
+def test_bad_adapter_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OEC(**kwargs)
