@@ -1,10 +1,11 @@
 """The `keras-one` command: train, evaluate and export distilled networks."""
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
 import sys
-import time
 
 DESCRIPTION = """\
 keras-one: online ensemble knowledge distillation (ONE and its family).
@@ -50,8 +51,6 @@ def _positive_float(text):
 
 
 def build_parser():
-    from keras_one import methods
-
     parser = argparse.ArgumentParser(
         prog="keras-one",
         description=DESCRIPTION,
@@ -65,8 +64,62 @@ def build_parser():
         description="Train a distillation method and, unless --no-baseline, "
         "a single-branch baseline of the same network with the same recipe "
         "(SGD, Nesterov momentum 0.9, cosine decay), then report test "
-        "accuracies.",
+        "accuracies. The run folder keeps a backup of the last epoch: "
+        "continue an interrupted run with --resume DIR.",
     )
+    _add_train_arguments(train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="test accuracy of a saved distiller or exported model",
+        description="Evaluate a saved Distiller (every branch and the "
+        "ensemble) or an exported plain Keras model on a dataset's test "
+        "split. Use the dataset the model was trained on: its "
+        "normalization is recomputed the same way.",
+    )
+    evaluate.add_argument("model_path", metavar="MODEL.keras")
+    _add_data_arguments(evaluate)
+    evaluate.add_argument(
+        "--batch-size", type=_positive_int, default=256, help="(default: 256)"
+    )
+    evaluate.add_argument(
+        "--output", metavar="RESULTS.json", help="also write the scores here"
+    )
+    _add_verbose_argument(evaluate)
+
+    export = commands.add_parser(
+        "export",
+        help="export one branch or the ensemble as a standalone model",
+        description="Export one branch (a compact model) or the ensemble of "
+        "a saved Distiller as a plain Keras model (.keras), a TensorFlow "
+        "SavedModel or a TFLite flatbuffer. The exported model maps "
+        "normalized images to logits and needs nothing from keras-one.",
+    )
+    export.add_argument("distiller_path", metavar="DISTILLER.keras")
+    export.add_argument(
+        "--branch",
+        default="0",
+        help="branch index, or 'ensemble' (default: 0); for PCL, the "
+        "temporal mean of that branch, the model it deploys",
+    )
+    export.add_argument(
+        "--format",
+        default="keras",
+        choices=("keras", "savedmodel", "tflite"),
+        help="(default: keras)",
+    )
+    export.add_argument(
+        "--output",
+        metavar="PATH",
+        help="output file or directory (default: next to the distiller, "
+        "e.g. distiller_branch0.keras)",
+    )
+    return parser
+
+
+def _add_train_arguments(train):
+    from keras_one import methods
+
     train.add_argument(
         "--method",
         default="one",
@@ -134,8 +187,22 @@ def build_parser():
     train.add_argument(
         "--output-dir",
         default=None,
-        help="where to write results.json, curves and logs "
-        "(default: keras-one-runs/<method>-<dataset>-<time>)",
+        help="the run folder, for results.json, the models, curves, logs "
+        "and backups; new or empty unless --overwrite (default: a new "
+        "folder keras-one-runs/<method>-<dataset>-<time>)",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train in a non-empty --output-dir, replacing the files of the "
+        "keras-one run there (other files are kept)",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the interrupted run in DIR from its last backup, "
+        "with the arguments it recorded in DIR/run.json (other flags must "
+        "agree with them; --verbose may change)",
     )
     train.add_argument(
         "--no-baseline",
@@ -143,53 +210,6 @@ def build_parser():
         help="skip the single-branch baseline",
     )
     _add_verbose_argument(train)
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="test accuracy of a saved distiller or exported model",
-        description="Evaluate a saved Distiller (every branch and the "
-        "ensemble) or an exported plain Keras model on a dataset's test "
-        "split. Use the dataset the model was trained on: its "
-        "normalization is recomputed the same way.",
-    )
-    evaluate.add_argument("model_path", metavar="MODEL.keras")
-    _add_data_arguments(evaluate)
-    evaluate.add_argument(
-        "--batch-size", type=_positive_int, default=256, help="(default: 256)"
-    )
-    evaluate.add_argument(
-        "--output", metavar="RESULTS.json", help="also write the scores here"
-    )
-    _add_verbose_argument(evaluate)
-
-    export = commands.add_parser(
-        "export",
-        help="export one branch or the ensemble as a standalone model",
-        description="Export one branch (a compact model) or the ensemble of "
-        "a saved Distiller as a plain Keras model (.keras), a TensorFlow "
-        "SavedModel or a TFLite flatbuffer. The exported model maps "
-        "normalized images to logits and needs nothing from keras-one.",
-    )
-    export.add_argument("distiller_path", metavar="DISTILLER.keras")
-    export.add_argument(
-        "--branch",
-        default="0",
-        help="branch index, or 'ensemble' (default: 0); for PCL, the "
-        "temporal mean of that branch, the model it deploys",
-    )
-    export.add_argument(
-        "--format",
-        default="keras",
-        choices=("keras", "savedmodel", "tflite"),
-        help="(default: keras)",
-    )
-    export.add_argument(
-        "--output",
-        metavar="PATH",
-        help="output file or directory (default: next to the distiller, "
-        "e.g. distiller_branch0.keras)",
-    )
-    return parser
 
 
 def _add_data_arguments(parser):
@@ -273,28 +293,61 @@ def _make_method(args):
 
 
 def train(args):
+    from keras_one import _run_folder
+
+    if args.model is None:
+        args.model = "resnet8" if args.dataset == "digits" else "resnet32"
+    run = _Run(args)  # refuses a taken folder before anything is loaded
+    if run.finished:
+        print(
+            f"keras-one: the run in {run.path} has finished; nothing to "
+            f"resume (results: {run.file('results.json')})",
+            file=sys.stderr,
+        )
+        return None
+    with _run_folder.interrupts_raise():
+        try:
+            return _train(args, run)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM
+            _run_folder.ignore_interrupts()
+            print(run.interrupted_message(), file=sys.stderr)
+            raise SystemExit(
+                128 + _run_folder.signal_number(interrupt)
+            ) from None
+        finally:
+            run.close()
+
+
+def _train(args, run):
+    import functools
+
     import keras
 
+    from keras_one import _atomic
     from keras_one import experiment
     from keras_one import methods
     from keras_one import report
 
-    output_dir = args.output_dir or os.path.join(
-        "keras-one-runs",
-        f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
-    )
-    os.makedirs(output_dir, exist_ok=True)
+    # The data's seeds do not depend on what ran before in this process.
+    keras.utils.set_random_seed(args.seed)
     train_ds, test_ds, info = _load_dataset(args, args.batch_size)
-    # A method whose branches each take their own view of the image (PCL)
-    # trains on data with that many views; the baseline on plain images.
+    baseline = None if args.no_baseline else run.finished_baseline()
+    train_baseline = not args.no_baseline and baseline is None
+    # Each stage trains on a pipeline of its own, never iterated before, so
+    # its epochs get the same data whether the baseline trained before it or
+    # not, in this process or before an interruption. A method whose branches
+    # each take their own view of the image (PCL) trains on data with that
+    # many views; the baseline on plain images.
     views = methods.data_views(methods.get(args.method), args.branches)
     method_data = {}
     if views > 1:
         method_data["train_ds"], method_data["test_ds"], _ = _load_dataset(
             args, args.batch_size, views=views
         )
-    if args.model is None:
-        args.model = "resnet8" if args.dataset == "digits" else "resnet32"
+    elif train_baseline:
+        method_data["train_ds"], _, _ = _load_dataset(args, args.batch_size)
+    run.open()
+    print(f"Run folder: {run.path}")
     recipe = dict(
         model=args.model,
         train_ds=train_ds,
@@ -314,15 +367,27 @@ def train(args):
         "num_train_examples": info.num_train_examples,
         "num_test_examples": info.num_test_examples,
     }
-    rows, curves = [], {}
+    rows, curves, failures = [], {}, []
     name = args.method.upper()
-    if not args.no_baseline:
+    if train_baseline:
         print(f"Training the single-branch baseline ({args.model})...")
         keras.utils.set_random_seed(args.seed)
-        logs = os.path.join(output_dir, "logs", "baseline")
-        _, baseline = experiment.train_baseline(
-            callbacks=[keras.callbacks.TensorBoard(logs)], **recipe
+        network, baseline, stage = _train_stage(
+            run, "baseline", experiment.train_baseline, recipe
         )
+        # baseline.json, written last, marks the baseline as finished.
+        model_path = run.file("baseline.keras")
+        scores_path = run.file("baseline.json")
+        saved = _write(
+            failures, model_path, _atomic.save_model, network, model_path
+        )
+        if saved and _write(
+            failures, scores_path, _write_json, scores_path, baseline
+        ):
+            stage.finish()
+    elif baseline is not None:
+        print(f"The baseline had finished: {run.file('baseline.keras')}")
+    if baseline is not None:
         results["baseline"] = baseline
         curves["baseline"] = baseline["history"]
         rows.append(
@@ -332,12 +397,12 @@ def train(args):
     print(f"Training {name} ({args.model}{branches})...")
     keras.utils.set_random_seed(args.seed)
     method = _make_method(args)
-    logs = os.path.join(output_dir, "logs", args.method)
-    distiller, scores = experiment.train_distiller(
-        method,
+    distiller, scores, _ = _train_stage(
+        run,
+        args.method,
+        functools.partial(experiment.train_distiller, method),
+        {**recipe, **method_data},
         num_branches=args.branches,
-        callbacks=[keras.callbacks.TensorBoard(logs)],
-        **{**recipe, **method_data},
     )
     results[args.method] = scores
     curves[name] = scores["history"]
@@ -350,15 +415,29 @@ def train(args):
         rows.append(
             (f"{name} ensemble", f"{100 * scores['ensemble_accuracy']:.2f}")
         )
-    distiller_path = os.path.join(output_dir, "distiller.keras")
-    distiller.save(distiller_path)
-    curves_path = os.path.join(output_dir, "learning_curves.png")
-    report.plot_learning_curves(
-        curves, curves_path, title=f"{name} on {args.dataset}"
+    # The results first: they are written even when a model file cannot be.
+    results_path = run.file("results.json")
+    try:
+        _write_json(results_path, results)
+    except OSError as error:
+        raise _error(
+            f"cannot write {results_path} ({_one_line(error)}); the backup "
+            f"is kept: {run.resume_command()}"
+        ) from None
+    distiller_path = run.file("distiller.keras")
+    _write(
+        failures, distiller_path, _atomic.save_model, distiller, distiller_path
     )
-    results_path = os.path.join(output_dir, "results.json")
-    with open(results_path, "w") as file:
-        json.dump(results, file, indent=2, default=float)
+    curves_path = run.file("learning_curves.png")
+    _write(
+        failures,
+        curves_path,
+        _plot_atomically,
+        report,
+        curves,
+        curves_path,
+        f"{name} on {args.dataset}",
+    )
     print()
     size = info.num_test_examples
     size = f" ({size} images)" if size else ""
@@ -368,9 +447,398 @@ def train(args):
     print(f"results:         {results_path}")
     print(f"learning curves: {curves_path}")
     print(f"distiller:       {distiller_path}")
-    logs_dir = os.path.join(output_dir, "logs")
+    logs_dir = run.file("logs")
     print(f"TensorBoard:     tensorboard --logdir {logs_dir}")
+    if failures:
+        paths = ", ".join(path for path, _ in failures)
+        raise _error(
+            f"could not write {paths} ({failures[0][1]}); results.json is "
+            f"complete and the backup kept: to write them, "
+            f"{run.resume_command()}"
+        )
+    run.finish()
     return results
+
+
+def _train_stage(run, name, train_function, recipe, **options):
+    """Trains one stage (`train_baseline` or `train_distiller`) of `run`.
+
+    The stage starts from its last backup if it has one, and backs up every
+    epoch. Returns `(model, scores, stage)`; the scores' `history` and
+    `train_seconds` cover every epoch, those before an interruption too.
+    """
+    import keras
+
+    from keras_one import _run_folder
+
+    run.started = True  # from here on, the folder is a run to resume
+    stage = _run_folder.Stage(run.path, name)
+    done = stage.restore()
+    if done:
+        print(f"Resuming from its backup: {done} of {recipe['epochs']} epochs")
+    recipe = {**recipe, **options}
+    recipe["train_ds"] = stage.dataset(recipe["train_ds"])
+    logs = keras.callbacks.TensorBoard(os.path.join(run.path, "logs", name))
+    try:
+        model, scores = train_function(
+            callbacks=[logs, *stage.callbacks()], **recipe
+        )
+    except OSError as error:  # e.g. a full disk while backing up
+        raise _error(
+            f"{_one_line(error)}; the last backup is kept: "
+            f"{run.resume_command()}"
+        ) from None
+    scores["history"] = stage.history()
+    scores["train_seconds"] = stage.train_seconds()
+    return model, scores, stage
+
+
+def _write_json(path, value):
+    from keras_one import _atomic
+
+    _atomic.write_json(path, value, indent=2, default=float)
+
+
+def _plot_atomically(report, curves, path, title):
+    from keras_one import _atomic
+
+    with _atomic.replacing(path, suffix=".png") as temporary:
+        report.plot_learning_curves(curves, temporary, title=title)
+
+
+def _write(failures, path, write, *args):
+    """Calls `write(*args)`; on failure, warns and adds `path` to failures."""
+    try:
+        write(*args)
+    except Exception as error:
+        reason = _one_line(error)
+        print(
+            f"keras-one: warning: could not write {path} ({reason})",
+            file=sys.stderr,
+        )
+        failures.append((path, reason))
+        return False
+    return True
+
+
+def _error(message):
+    """The command's one-line error (exit status 1)."""
+    return SystemExit(f"keras-one: error: {message}")
+
+
+def _one_line(error):
+    text = " ".join(str(error).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# What `--overwrite` replaces in a run folder (other files are kept).
+RUN_FILES = (
+    "run.json",
+    "run.lock",
+    "results.json",
+    "distiller.keras",
+    "baseline.keras",
+    "baseline.json",
+    "learning_curves.png",
+    "logs",
+    "backup",
+)
+# Arguments naming files, found again from the run's first working folder
+# when `--resume` is given elsewhere.
+PATH_ARGUMENTS = ("dataset", "data_dir", "manual_dir", "teacher")
+
+
+class _Run:
+    """The folder of a `keras-one train` run: checks, lock, record, cleanup.
+
+    Creating it checks, writing nothing: a non-empty `--output-dir` without
+    `--resume` or `--overwrite`, a folder another live run holds, or one
+    this process cannot write are refused. `open` creates the folder (a new
+    unique one by default), takes its lock and records the arguments in
+    `run.json`; `close` releases the lock, and removes what `open` made if
+    training never started.
+    """
+
+    def __init__(self, args):
+        from keras_one import _run_folder
+
+        self.args = args
+        self.path = args.output_dir
+        self.resuming = args.resume is not None
+        self.created = self.opened = self.started = self.finished = False
+        if self.path is None:
+            return
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise _error(f"--output-dir {self.path} is a file, not a folder")
+        owner = _run_folder.read_lock(self.path)
+        if owner is not None and _run_folder.is_live(owner):
+            raise _locked(self.path, owner)
+        if self.resuming:
+            record = _read_record(self.path)
+            self.finished = record.get("status") == "finished"
+            if self.finished:
+                return
+        elif _listing(self.path) and not args.overwrite:
+            raise _not_empty(self.path)
+        folder = self.path
+        while not os.path.isdir(folder):
+            folder = os.path.dirname(os.path.abspath(folder))
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise _not_writable(self.path, "Permission denied")
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def open(self):
+        """Creates the folder, takes its lock and records the arguments."""
+        from keras_one import _atomic
+        from keras_one import _run_folder
+
+        args = self.args
+        try:
+            if self.path is None:
+                self.path = _run_folder.make_unique(
+                    _run_folder.default_path(args.method, args.dataset)
+                )
+                self.created = True
+            elif not os.path.isdir(self.path):
+                os.makedirs(self.path)
+                self.created = True
+            owner = _run_folder.acquire_lock(self.path)
+        except OSError as error:
+            raise _not_writable(
+                self.path or "keras-one-runs", error.strerror or error
+            ) from None
+        if owner is not None:
+            raise _locked(self.path, owner)
+        # Another run may have used the folder since the check.
+        if not self.resuming and not args.overwrite:
+            if set(_listing(self.path)) - {_run_folder.LOCK}:
+                _run_folder.release_lock(self.path)
+                raise _not_empty(self.path)
+        self.opened = True
+        if args.overwrite:
+            for name in RUN_FILES:
+                if name != _run_folder.LOCK:
+                    _remove(self.file(name))
+        _atomic.remove_leftovers(self.path)
+        args.output_dir = self.path
+        if not self.resuming:
+            self._record(
+                {
+                    "arguments": vars(args),
+                    "status": "running",
+                    "cwd": os.getcwd(),
+                    "keras_one": _version(),
+                }
+            )
+
+    def finished_baseline(self):
+        """The baseline's scores if it finished before an interruption."""
+        if not self.resuming:
+            return None
+        try:
+            with open(self.file("baseline.json")) as file:
+                return json.load(file)
+        except (OSError, ValueError):
+            return None
+
+    def finish(self):
+        """Records that the run finished and deletes its backups."""
+        import shutil
+
+        from keras_one import _run_folder
+
+        self._record({**_read_record(self.path), "status": "finished"})
+        shutil.rmtree(self.file(_run_folder.BACKUP), ignore_errors=True)
+
+    def close(self):
+        from keras_one import _run_folder
+
+        if self.opened:
+            if not self.started and not self.resuming:
+                _remove(self.file(_run_folder.RECORD))
+            _run_folder.release_lock(self.path)
+        if self.created and not self.started:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)
+
+    def resume_command(self):
+        return f"resume with: keras-one train --resume {shlex.quote(self.path)}"
+
+    def interrupted_message(self):
+        if self.started or self.resuming:
+            return f"keras-one: interrupted; {self.resume_command()}"
+        return "keras-one: interrupted before training; nothing was written"
+
+    def _record(self, record):
+        from keras_one import _atomic
+        from keras_one import _run_folder
+
+        _atomic.write_json(
+            self.file(_run_folder.RECORD), record, indent=2, default=str
+        )
+
+
+def _listing(path):
+    """The entries of the folder `path` ([] when it does not exist)."""
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        raise _error(
+            f"cannot read --output-dir {path} ({error.strerror}); choose "
+            "another --output-dir"
+        ) from None
+
+
+def _locked(path, owner):
+    pid, host = owner.get("pid"), owner.get("host")
+    return _error(
+        f"another run (PID {pid} on {host}) is using {path}; wait for it to "
+        "end or choose another --output-dir (if no run is using it, delete "
+        f"{os.path.join(path, 'run.lock')})"
+    )
+
+
+def _not_empty(path):
+    resume = ""
+    if os.path.exists(os.path.join(path, "run.json")):
+        resume = f"continue the run there with --resume {shlex.quote(path)}, "
+    return _error(
+        f"--output-dir {path} is not empty: {resume}replace it with "
+        "--overwrite, or choose another --output-dir"
+    )
+
+
+def _not_writable(path, reason):
+    return _error(
+        f"cannot write to {path} ({reason}); choose another --output-dir"
+    )
+
+
+def _remove(path):
+    import shutil
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _version():
+    from keras_one.version import __version__
+
+    return __version__
+
+
+def _read_record(folder):
+    """The `run.json` of the run folder `folder`, or a one-line error."""
+    from keras_one import _run_folder
+
+    path = os.path.join(folder, _run_folder.RECORD)
+    if not os.path.isdir(folder):
+        raise _error(f"--resume {folder}: no such run folder")
+    try:
+        with open(path) as file:
+            record = json.load(file)
+    except FileNotFoundError:
+        raise _error(
+            f"--resume {folder}: not a keras-one run folder (no run.json); "
+            "start a new run with --output-dir"
+        ) from None
+    except (OSError, ValueError) as error:
+        raise _error(
+            f"--resume {folder}: cannot read {path} ({error})"
+        ) from None
+    if not isinstance(record, dict) or not isinstance(
+        record.get("arguments"), dict
+    ):
+        raise _error(f"--resume {folder}: {path} records no arguments")
+    return record
+
+
+def _resume_arguments(args, argv):
+    """The arguments of `train --resume DIR`: those DIR recorded.
+
+    A flag given with `--resume` must agree with the recorded value (only
+    `--verbose` may change); relative paths are found again from the run's
+    first working folder if they are not in this one.
+    """
+    folder = args.resume
+    record = _read_record(folder)
+    recorded = record["arguments"]
+    defaults = vars(build_parser().parse_args(["train"]))
+    given = _given_train_flags(argv)
+    conflicts = []
+    for dest, flag in sorted(given.items()):
+        if dest in ("resume", "verbose"):
+            continue
+        value = getattr(args, dest)
+        if dest == "overwrite":
+            same = False  # a resumed run replaces nothing
+        elif dest == "output_dir":
+            same = os.path.abspath(value) == os.path.abspath(folder)
+        else:
+            same = dest in recorded and value == recorded[dest]
+        if not same:
+            conflicts.append(flag)
+    if conflicts:
+        raise _error(
+            f"--resume {folder} continues the run with the arguments it "
+            f"recorded in run.json; drop {', '.join(conflicts)} (or start a "
+            "new run with --output-dir)"
+        )
+    merged = {
+        **defaults,
+        **{k: v for k, v in recorded.items() if k in defaults},
+    }
+    cwd = record.get("cwd")
+    for dest in PATH_ARGUMENTS:
+        merged[dest] = _found_again(merged[dest], cwd)
+    merged.update(
+        command="train",
+        resume=folder,
+        output_dir=folder,
+        overwrite=False,
+        verbose=args.verbose,
+    )
+    return argparse.Namespace(**merged)
+
+
+def _found_again(value, cwd):
+    """A relative path of another working folder `cwd`, if it is there."""
+    if isinstance(value, list):
+        return [_found_again(item, cwd) for item in value]
+    if not isinstance(value, str) or not cwd or os.path.isabs(value):
+        return value
+    if os.path.exists(value):
+        return value
+    elsewhere = os.path.join(cwd, value)
+    return elsewhere if os.path.exists(elsewhere) else value
+
+
+def _given_train_flags(argv):
+    """`{dest: flag}` of the `train` flags given on the command line."""
+    parser = _FlagsGiven(add_help=False)
+    _add_train_arguments(parser)
+    words = list(argv)
+    words = words[words.index("train") + 1 :] if "train" in words else words
+    given = vars(parser.parse_args(words))
+    return {dest: "--" + dest.replace("_", "-") for dest in given}
+
+
+class _FlagsGiven(argparse.ArgumentParser):
+    """A parser whose namespace holds only the flags given."""
+
+    def add_argument(self, *args, **kwargs):
+        return super().add_argument(
+            *args, **{**kwargs, "default": argparse.SUPPRESS}
+        )
 
 
 def _load_model(path):
@@ -422,8 +890,9 @@ def evaluate(args):
     print(f"Test accuracy on {info.name}")
     print(report.format_table(rows, ("output", "accuracy (%)")))
     if args.output:
-        with open(args.output, "w") as file:
-            json.dump(scores, file, indent=2)
+        from keras_one import _atomic
+
+        _atomic.write_json(args.output, scores, indent=2)
     return scores
 
 
@@ -467,10 +936,14 @@ def export(args):
         + f"_{suffix}"
         + extension[args.format]
     )
+    from keras_one import _atomic
+
+    # Written whole or not at all: a temporary file (or folder), then renamed.
     if args.format == "keras":
-        model.save(output)
+        _atomic.save_model(model, output)
     elif args.format == "savedmodel":
-        model.export(output, format="tf_saved_model", verbose=False)
+        with _atomic.replacing_folder(output) as folder:
+            model.export(folder, format="tf_saved_model", verbose=False)
     else:
         _export_tflite(model, output)
     print(f"wrote {output} ({model.count_params()} parameters)")
@@ -493,8 +966,9 @@ def _export_tflite(model, output):
                 f"model ({type(error).__name__}: {str(error)[:300]}); export "
                 "it with --format keras or --format savedmodel instead"
             ) from None
-    with open(output, "wb") as file:
-        file.write(flatbuffer)
+    from keras_one import _atomic
+
+    _atomic.write_bytes(output, flatbuffer)
 
 
 def main(argv=None):
@@ -504,8 +978,14 @@ def main(argv=None):
         parser.print_help()
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.command == "train" and args.resume is not None:
+        args = _resume_arguments(args, sys.argv[1:] if argv is None else argv)
     command = {"train": train, "evaluate": evaluate, "export": export}
-    command[args.command](args)
+    try:
+        command[args.command](args)
+    except KeyboardInterrupt:  # `train` handles its own, with a backup
+        print("keras-one: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     return 0
 
 
