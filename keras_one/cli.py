@@ -256,9 +256,73 @@ def _load_dataset(args, batch_size, augment=True, views=1):
         raise SystemExit(f"keras-one: error: {error}") from None
 
 
-def _make_method(args):
+def _check_method_arguments(args):
+    """Refuses a branch count or teachers the method cannot use.
+
+    Runs before anything is loaded or trained; every message names the
+    flag to change.
+    """
+    from keras_one import methods
+
+    info = methods.get(args.method).info
+    method = f"--method {args.method}"
+    teachers = args.teacher or []
+    if info.student == "single" and args.branches not in (None, 1):
+        raise _error(
+            f"{method} trains a single network: leave out --branches "
+            f"(got --branches {args.branches})"
+        )
+    if args.branches is not None and args.branches < info.min_branches:
+        raise _error(
+            f"{method} needs at least {info.min_branches} branches: "
+            f"--branches {args.branches} is too few (default: "
+            f"{info.branches})"
+        )
+    if info.teachers == "one" and len(teachers) != 1:
+        raise _error(
+            f"{method} needs exactly one pre-trained --teacher PATH.keras "
+            f"(got {len(teachers)})"
+        )
+    if info.teachers == "per_branch":
+        if not teachers:
+            raise _error(
+                f"{method} needs pre-trained teachers: --teacher PATH.keras, "
+                "once per branch"
+            )
+        if args.branches is not None and args.branches != len(teachers):
+            raise _error(
+                f"{method} trains one branch per teacher: {len(teachers)} "
+                f"--teacher flags but --branches {args.branches}; leave out "
+                "--branches"
+            )
+    if info.teachers == "none" and teachers:
+        raise _error(f"{method} takes no --teacher")
+    for path in teachers:
+        if not os.path.isfile(path):
+            raise _error(f"--teacher {path}: no such file")
+        if not path.endswith(".keras"):
+            raise _error(
+                f"--teacher {path} is not a .keras file: save the teacher "
+                "with model.save('teacher.keras')"
+            )
+
+
+def _load_teachers(args):
     import keras
 
+    teachers = []
+    for path in args.teacher or []:
+        try:
+            teachers.append(keras.saving.load_model(path))
+        except Exception as error:
+            raise _error(
+                f"--teacher {path} cannot be loaded, the file may be "
+                f"damaged ({_one_line(error)})"
+            ) from None
+    return teachers
+
+
+def _make_method(args, teachers=None):
     from keras_one import methods
 
     method_class = methods.get(args.method)
@@ -270,26 +334,61 @@ def _make_method(args):
         if args.rampup_epochs is None
         else args.rampup_epochs
     )
-    teachers = [keras.saving.load_model(p) for p in args.teacher or []]
+    _check_method_arguments(args)
+    if teachers is None:
+        teachers = _load_teachers(args)
     if method_class.info.teachers == "one":
-        if len(teachers) != 1:
-            raise SystemExit(
-                f"keras-one: error: --method {args.method} needs exactly one "
-                "pre-trained --teacher PATH.keras"
-            )
         kwargs["teacher"] = teachers[0]
     elif method_class.info.teachers == "per_branch":
-        if not teachers:
-            raise SystemExit(
-                f"keras-one: error: --method {args.method} needs pre-trained "
-                "teachers: --teacher PATH.keras, once per branch"
-            )
         kwargs["teachers"] = teachers
-    elif teachers:
-        raise SystemExit(
-            f"keras-one: error: --method {args.method} takes no --teacher"
-        )
     return method_class(**kwargs)
+
+
+def _check_student(args, info, teachers):
+    """Builds the method's student once, before any training.
+
+    A teacher that does not fit the data (classes, image shape) or a
+    student the method refuses is reported before the baseline trains.
+    """
+    import keras
+
+    from keras_one import Distiller
+    from keras_one import experiment
+    from keras_one.methods.teacher_method import select_logits
+
+    num_classes, input_shape = experiment.classes_and_shape(info)
+    for path, teacher in zip(args.teacher or [], teachers, strict=True):
+        try:
+            spec = teacher.compute_output_spec(
+                keras.KerasTensor((None, *input_shape))
+            )
+        except Exception:
+            raise _error(
+                f"--teacher {path} cannot take --dataset {args.dataset}'s "
+                f"images of shape {input_shape}: pass teachers trained on "
+                "this dataset"
+            ) from None
+        classes = select_logits(spec).shape[-1]
+        if classes != num_classes:
+            raise _error(
+                f"--teacher {path} predicts {classes} classes but --dataset "
+                f"{args.dataset} has {num_classes}: pass teachers trained on "
+                "this dataset"
+            )
+    method = _make_method(args, teachers)
+    try:
+        student = method.build_student(
+            args.model,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            num_branches=args.branches or method.info.branches,
+        )
+        Distiller(student, method)
+    except (ValueError, TypeError) as error:
+        raise _error(
+            f"--method {args.method} with --model {args.model}: "
+            f"{_one_line(error)}"
+        ) from None
 
 
 def train(args):
@@ -297,6 +396,7 @@ def train(args):
 
     if args.model is None:
         args.model = "resnet8" if args.dataset == "digits" else "resnet32"
+    _check_method_arguments(args)
     run = _Run(args)  # refuses a taken folder before anything is loaded
     if run.finished:
         print(
@@ -346,6 +446,9 @@ def _train(args, run):
         )
     elif train_baseline:
         method_data["train_ds"], _, _ = _load_dataset(args, args.batch_size)
+    # Teachers, branches and student checked before anything trains.
+    teachers = _load_teachers(args)
+    _check_student(args, info, teachers)
     run.open()
     print(f"Run folder: {run.path}")
     recipe = dict(
@@ -396,7 +499,7 @@ def _train(args, run):
     branches = f", {args.branches} branches" if args.branches else ""
     print(f"Training {name} ({args.model}{branches})...")
     keras.utils.set_random_seed(args.seed)
-    method = _make_method(args)
+    method = _make_method(args, teachers)
     distiller, scores, _ = _train_stage(
         run,
         args.method,

@@ -50,8 +50,8 @@ def make_sgd(
     return keras.optimizers.SGD(rate, momentum=momentum, nesterov=nesterov)
 
 
-def _classes_and_shape(info):
-    """`num_classes` and `input_shape` of a `DatasetInfo` or a dict."""
+def classes_and_shape(info):
+    """`(num_classes, input_shape)` of a `DatasetInfo` or of a dict."""
     if isinstance(info, dict):
         return info["num_classes"], tuple(info["input_shape"])
     return info.num_classes, tuple(info.input_shape)
@@ -118,7 +118,7 @@ def train_baseline(
         `(model, results)`: results hold the test `accuracy`, the epoch
         `history` and `train_seconds`.
     """
-    num_classes, input_shape = _classes_and_shape(info)
+    num_classes, input_shape = classes_and_shape(info)
     network = models.get(model)(
         num_classes=num_classes,
         input_shape=input_shape,
@@ -172,7 +172,7 @@ def train_distiller(
         for a method that deploys temporal means of its branches (PCL),
         also their accuracy (`mean_branch_accuracy`, a list).
     """
-    num_classes, input_shape = _classes_and_shape(info)
+    num_classes, input_shape = classes_and_shape(info)
     student = method.build_student(
         model,
         num_classes=num_classes,
