@@ -26,6 +26,7 @@ examples:
   keras-one evaluate keras-one-runs/RUN/distiller.keras
   keras-one export keras-one-runs/RUN/distiller.keras --branch 0 \\
       --format tflite --output branch0.tflite
+  keras-one predict branch0.tflite my_images/      # top classes by name
 """
 
 DATASET_HELP = (
@@ -92,8 +93,12 @@ def build_parser():
         help="export one branch or the ensemble as a standalone model",
         description="Export one branch (a compact model) or the ensemble of "
         "a saved Distiller as a plain Keras model (.keras), a TensorFlow "
-        "SavedModel or a TFLite flatbuffer. The exported model maps "
-        "normalized images to logits and needs nothing from keras-one.",
+        "SavedModel or a TFLite flatbuffer. The exported model maps the "
+        "dataset's raw images (e.g. 0-255 pixels; float32 input) to logits, "
+        "normalizing them itself (unless --no-preprocessing), and needs "
+        "nothing from keras-one. Its class names and preprocessing are "
+        "written beside it, in OUTPUT.json (keras_one.json inside a "
+        "SavedModel folder).",
     )
     export.add_argument("distiller_path", metavar="DISTILLER.keras")
     export.add_argument(
@@ -113,6 +118,46 @@ def build_parser():
         metavar="PATH",
         help="output file or directory (default: next to the distiller, "
         "e.g. distiller_branch0.keras)",
+    )
+    export.add_argument(
+        "--no-preprocessing",
+        action="store_true",
+        help="export the bare network, which takes normalized images (by "
+        "default the export takes raw images and normalizes them itself)",
+    )
+    export.add_argument(
+        "--dataset",
+        default=None,
+        help="the dataset the distiller was trained on, to read its "
+        "preprocessing and class names (default: from the results.json "
+        "beside the distiller)",
+    )
+    export.add_argument(
+        "--data-dir", help="tensorflow-datasets data directory (--dataset)"
+    )
+    export.add_argument(
+        "--manual-dir", help="manually downloaded archives (--dataset)"
+    )
+
+    predict = commands.add_parser(
+        "predict",
+        help="classify image files with an exported model",
+        description="Print the top classes, by name, of image files (.png, "
+        ".jpg, .jpeg, .bmp, .gif) or folders of them, with a model written "
+        "by `keras-one export` (.keras, SavedModel folder or .tflite) and "
+        "its sidecar (MODEL.json, or keras_one.json in a SavedModel "
+        "folder). Images are read as 8-bit files (0-255), converted to the "
+        "model's channels, resized to its input size and mapped to the "
+        "dataset's pixel range (0-255 → 0-raw_pixel_max of the sidecar's "
+        "preprocessing: 0-16 for the digits).",
+    )
+    predict.add_argument("model_path", metavar="MODEL")
+    predict.add_argument("paths", metavar="IMAGE_OR_FOLDER", nargs="+")
+    predict.add_argument(
+        "--top",
+        type=_positive_int,
+        default=3,
+        help="classes printed per image (default: 3)",
     )
     return parser
 
@@ -469,6 +514,9 @@ def _train(args, run):
         "input_shape": list(info.input_shape),
         "num_train_examples": info.num_train_examples,
         "num_test_examples": info.num_test_examples,
+        # What exports need to take raw images and name their classes.
+        "class_names": list(info.class_names),
+        "preprocessing": info.preprocessing,
     }
     rows, curves, failures = [], {}, []
     name = args.method.upper()
@@ -962,6 +1010,7 @@ def _load_model(path):
 
 def evaluate(args):
     from keras_one import Distiller
+    from keras_one import export as export_module
     from keras_one import report
 
     model = _load_model(args.model_path)
@@ -969,9 +1018,13 @@ def evaluate(args):
     # given the test images once per input.
     network = model.student if isinstance(model, Distiller) else model
     views = len(getattr(network, "inputs", None) or [None])
-    _, test_ds, info = _load_dataset(
-        args, args.batch_size, augment=False, views=views
-    )
+    if network is model and export_module.has_preprocessing(model):
+        # An export taking raw images: the test split, not normalized.
+        _, test_ds, info = _load_raw_test(args, args.batch_size)
+    else:
+        _, test_ds, info = _load_dataset(
+            args, args.batch_size, augment=False, views=views
+        )
     if isinstance(model, Distiller):
         if not model.compiled:
             model.compile()
@@ -999,8 +1052,26 @@ def evaluate(args):
     return scores
 
 
+def _load_raw_test(args, batch_size):
+    """`_load_dataset` of raw images: the input of exports that normalize."""
+    from keras_one import data
+
+    options = {"raw": True}
+    if args.data_dir:
+        options["data_dir"] = args.data_dir
+    if args.manual_dir:
+        options["manual_dir"] = args.manual_dir
+    try:
+        return data.load(
+            args.dataset, batch_size=batch_size, augment=False, **options
+        )
+    except (ValueError, FileNotFoundError, TypeError, OSError) as error:
+        raise _error(_one_line(error)) from None
+
+
 def export(args):
     from keras_one import Distiller
+    from keras_one import export as export_module
 
     distiller = _load_model(args.distiller_path)
     if not isinstance(distiller, Distiller):
@@ -1008,8 +1079,10 @@ def export(args):
             f"keras-one: error: {args.distiller_path} is not a saved "
             "Distiller (keras-one train writes one as distiller.keras)"
         )
+    preprocessing, class_names = _export_metadata(args, distiller)
+    included = None if args.no_preprocessing else preprocessing
     if args.branch == "ensemble":
-        model = distiller.get_ensemble_model()
+        model = distiller.get_ensemble_model(preprocessing=included)
         suffix = "ensemble"
     else:
         try:
@@ -1023,8 +1096,12 @@ def export(args):
         try:
             if deploys_mean:
                 model = distiller.method.get_mean_branch_model(index)
+                if included is not None:
+                    model = export_module.with_preprocessing(model, included)
             else:
-                model = distiller.get_branch_model(index)
+                model = distiller.get_branch_model(
+                    index, preprocessing=included
+                )
         except ValueError as error:
             raise SystemExit(f"keras-one: error: {error}") from None
         suffix = f"branch{index}"
@@ -1041,16 +1118,80 @@ def export(args):
     )
     from keras_one import _atomic
 
+    sidecar = export_module.metadata(
+        preprocessing, class_names, included=included is not None
+    )
     # Written whole or not at all: a temporary file (or folder), then renamed.
-    if args.format == "keras":
-        _atomic.save_model(model, output)
-    elif args.format == "savedmodel":
+    # The sidecar of a file is written first: a model is never without it.
+    if args.format == "savedmodel":
         with _atomic.replacing_folder(output) as folder:
             model.export(folder, format="tf_saved_model", verbose=False)
+            _write_json(
+                os.path.join(folder, export_module.SAVEDMODEL_SIDECAR), sidecar
+            )
     else:
-        _export_tflite(model, output)
-    print(f"wrote {output} ({model.count_params()} parameters)")
+        _write_json(output + ".json", sidecar)
+        if args.format == "keras":
+            _atomic.save_model(model, output)
+        else:
+            _export_tflite(model, output)
+    takes = "raw" if included is not None else "normalized"
+    print(
+        f"wrote {output} ({model.count_params()} parameters; takes {takes} "
+        f"images) and {export_module.sidecar_path(output)}"
+    )
     return output
+
+
+def _export_metadata(args, distiller):
+    """`(preprocessing, class_names)` for an export of `distiller`.
+
+    From `--dataset` if given, else from the run's results.json beside the
+    distiller; `(None, None)` with --no-preprocessing and neither.
+    """
+    if args.dataset is not None:
+        _, _, info = _load_dataset(args, 256, augment=False)
+        found = info.preprocessing, list(info.class_names)
+        source = f"--dataset {args.dataset}"
+    else:
+        found, source = _run_metadata(args.distiller_path)
+    if found is None or found[0] is None:
+        if args.no_preprocessing:
+            return None, None
+        raise _error(
+            f"no dataset preprocessing found for {args.distiller_path} (it "
+            "is read from the results.json keras-one train writes beside "
+            "distiller.keras): pass --dataset NAME (the training dataset), "
+            "or --no-preprocessing to export a model taking normalized images"
+        )
+    preprocessing, class_names = found
+    shape = list(preprocessing["input_shape"])
+    student_shape = [list(t.shape[1:]) for t in distiller.student.inputs]
+    if any(s != shape for s in student_shape):
+        raise _error(
+            f"the preprocessing of {source} is for images of shape {shape}, "
+            f"but the distiller takes {student_shape[0]}: pass the training "
+            "dataset with --dataset"
+        )
+    return preprocessing, class_names
+
+
+def _run_metadata(distiller_path):
+    """`((preprocessing, class_names), source)` from a run's results.json."""
+    path = os.path.join(
+        os.path.dirname(os.path.abspath(distiller_path)), "results.json"
+    )
+    try:
+        with open(path) as file:
+            dataset = json.load(file).get("dataset") or {}
+    except FileNotFoundError:
+        return None, path
+    except (OSError, ValueError, AttributeError) as error:
+        raise _error(
+            f"cannot read {path} ({_one_line(error)}): pass --dataset NAME"
+        ) from None
+    found = dataset.get("preprocessing"), dataset.get("class_names")
+    return found, path
 
 
 def _export_tflite(model, output):
@@ -1074,6 +1215,201 @@ def _export_tflite(model, output):
     _atomic.write_bytes(output, flatbuffer)
 
 
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+
+
+def predict(args):
+    import numpy as np
+
+    from keras_one import export as export_module
+
+    if not os.path.exists(args.model_path):
+        raise _error(f"no such model: {args.model_path} (the MODEL argument)")
+    try:
+        sidecar = export_module.read_sidecar(args.model_path)
+    except ValueError as error:
+        raise _error(str(error)) from None
+    files = _image_files(args.paths)
+    run_model, input_shape, keras_model = _load_export(args.model_path)
+    preprocessing = (sidecar or {}).get("preprocessing")
+    if sidecar is None:
+        if keras_model is None or not export_module.has_preprocessing(
+            keras_model
+        ):
+            raise _error(
+                f"{args.model_path} has no sidecar "
+                f"({export_module.sidecar_path(args.model_path)}) saying how "
+                "to preprocess images: export it again with keras-one export"
+            )
+        scale = keras_model.get_layer(export_module.SCALE_LAYER).scale
+        preprocessing = {"raw_pixel_max": 1.0 / float(scale), "resize": None}
+        sidecar = {"input": "raw"}
+        print(
+            f"keras-one: warning: {args.model_path} has no sidecar "
+            f"({export_module.sidecar_path(args.model_path)}): printing "
+            "class indices, not names",
+            file=sys.stderr,
+        )
+    elif preprocessing is None:
+        raise _error(
+            f"the sidecar of {args.model_path} records no preprocessing: "
+            "export the model again with keras-one export --dataset NAME"
+        )
+    images = np.stack(
+        [_read_image(path, input_shape, preprocessing) for path in files]
+    )
+    if sidecar.get("input") == "raw":
+        images = images * (float(preprocessing["raw_pixel_max"]) / 255.0)
+    else:  # the bare network: the pipelines' [0, 1] scale, then normalized
+        images = images / 255.0
+        if preprocessing.get("mean") is not None:
+            images = (images - np.asarray(preprocessing["mean"])) / np.asarray(
+                preprocessing["std"]
+            )
+    logits = run_model(images.astype("float32"))
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    probabilities = np.exp(logits)
+    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    names = sidecar.get("class_names")
+    if names is None:
+        names = [str(i) for i in range(probabilities.shape[-1])]
+    top = min(args.top, probabilities.shape[-1])
+    results = []
+    for path, row in zip(files, probabilities, strict=True):
+        best = np.argsort(-row, kind="stable")[:top]
+        results.append([(names[i], float(row[i])) for i in best])
+        shown = ", ".join(f"{names[i]} ({row[i]:.1%})" for i in best)
+        print(f"{path}: {shown}")
+    return results
+
+
+def _image_files(paths):
+    """The image files of `paths` (files, or folders searched recursively)."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(root, name)
+                for root, _, names in os.walk(path)
+                for name in names
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not found:
+                raise _error(
+                    f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the "
+                    f"folder {path}"
+                )
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise _error(f"no such image file or folder: {path}")
+    return files
+
+
+def _read_image(path, input_shape, preprocessing):
+    """An image file as float32 0-255 pixels of the model's input shape."""
+    import tensorflow as tf
+
+    from keras_one.data import _augment
+
+    height, width, channels = (int(d) for d in input_shape)
+    try:
+        image = tf.io.decode_image(
+            tf.io.read_file(path), expand_animations=False
+        )
+    except (tf.errors.OpError, ValueError) as error:
+        raise _error(
+            f"cannot read the image {path}: it is damaged or not an image "
+            f"({type(error).__name__})"
+        ) from None
+    if image.dtype != tf.uint8:  # 16-bit PNGs
+        image = tf.image.convert_image_dtype(image, "uint8")
+    image = tf.cast(image, "float32")
+    have = int(image.shape[-1])
+    if have in (2, 4) and channels != have:  # drop the alpha channel
+        image, have = image[..., : have - 1], have - 1
+    if have == 1 and channels in (3, 4):
+        image = tf.image.grayscale_to_rgb(image)
+    elif have == 3 and channels == 1:
+        image = tf.image.rgb_to_grayscale(image)
+    if channels == 4 and int(image.shape[-1]) == 3:
+        image = tf.concat([image, tf.fill(tf.shape(image[..., :1]), 255.0)], -1)
+    if int(image.shape[-1]) != channels:
+        raise _error(
+            f"the image {path} has {int(image.shape[-1])} channels; the "
+            f"model takes {channels}"
+        )
+    if tuple(image.shape[:2]) != (height, width):
+        if preprocessing.get("resize") == "center_crop":
+            image = _augment.resize_center_crop(image, (height, width))
+        else:
+            image = tf.image.resize(image, (height, width), antialias=True)
+    return image.numpy()
+
+
+def _load_export(path):
+    """`(run, input_shape, keras_model)` of an exported model at `path`.
+
+    `run(images)` returns logits; `keras_model` is `None` for SavedModel
+    and TFLite exports.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    try:
+        if os.path.isdir(path):
+            loaded = tf.saved_model.load(path)
+            signature = loaded.signatures["serving_default"]
+            serve = getattr(loaded, "serve", signature)
+            spec = tf.nest.flatten(signature.structured_input_signature)[0]
+
+            def run(images, loaded=loaded):  # keeps its variables alive
+                outputs = serve(tf.constant(images))
+                if isinstance(outputs, dict):
+                    outputs = next(iter(outputs.values()))
+                return np.asarray(outputs)
+
+            return run, tuple(spec.shape[1:]), None
+        if path.endswith(".tflite"):
+            import warnings
+
+            with warnings.catch_warnings():  # "deprecated in favour of LiteRT"
+                warnings.simplefilter("ignore")
+                interpreter = tf.lite.Interpreter(model_path=path)
+            (details,) = interpreter.get_input_details()
+            output = interpreter.get_output_details()[0]["index"]
+
+            def run(images):
+                rows = []
+                for image in images:
+                    interpreter.resize_tensor_input(
+                        details["index"], (1,) + image.shape
+                    )
+                    interpreter.allocate_tensors()
+                    interpreter.set_tensor(details["index"], image[None])
+                    interpreter.invoke()
+                    rows.append(interpreter.get_tensor(output)[0])
+                return np.stack(rows)
+
+            return run, tuple(details["shape"][1:]), None
+        model = _load_model(path)
+    except SystemExit:
+        raise
+    except Exception as error:
+        raise _error(
+            f"cannot load the model {path}: it is damaged or not a "
+            f".keras, SavedModel or .tflite export ({_one_line(error)})"
+        ) from None
+    views = len(model.inputs)
+
+    def run(images):
+        inputs = images if views == 1 else [images] * views
+        return np.asarray(model.predict(inputs, verbose=0))
+
+    return run, tuple(model.inputs[0].shape[1:]), model
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1083,7 +1419,12 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.command == "train" and args.resume is not None:
         args = _resume_arguments(args, sys.argv[1:] if argv is None else argv)
-    command = {"train": train, "evaluate": evaluate, "export": export}
+    command = {
+        "train": train,
+        "evaluate": evaluate,
+        "export": export,
+        "predict": predict,
+    }
     try:
         command[args.command](args)
     except KeyboardInterrupt:  # `train` handles its own, with a backup

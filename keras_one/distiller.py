@@ -712,31 +712,77 @@ class Distiller(KerasWorkarounds, keras.Model):
 
     # === Export ===
 
-    def get_branch_model(self, index, name=None):
+    def get_branch_model(self, index, name=None, preprocessing=None):
         """Returns branch `index` alone as a plain Keras model.
 
         The model maps the student's input to that branch's logits, shares
         the trained weights, is made of built-in Keras layers only (it saves
         as `.keras` and loads without keras_one), and computes nothing of
         the other branches.
+
+        Args:
+            index: the branch, 0 to `num_branches - 1`.
+            name: the model's name.
+            preprocessing: `None` (the default): the model takes images
+                normalized as the training pipelines gave them. A
+                `keras_one.data.DatasetInfo` (or its `preprocessing`
+                dict): the model takes the dataset's raw images (e.g.
+                uint8 0-255 pixels, the digits' 0-16 values) and applies
+                the pipelines' scaling and per-channel normalization
+                itself, with built-in layers (see
+                `keras_one.export.with_preprocessing`).
+
+        Example:
+
+        ```python
+        train_ds, test_ds, info = keras_one.data.load("digits")
+        ...  # build, compile and fit the distiller
+        branch = distiller.get_branch_model(0, preprocessing=info)
+        branch.predict(raw_images)  # logits
+        ```
         """
         if not 0 <= index < self.num_branches:
             raise ValueError(
                 f"Branch index {index} is out of range: the student has "
                 f"{self.num_branches} branches (0 to {self.num_branches - 1})."
             )
-        return export.plain_keras_model(
+        name = name or f"{self.student.name}_branch_{index}"
+        model = export.plain_keras_model(
             self.student,
             lambda outputs: normalize_outputs(outputs)["branch_logits"][index],
-            name=name or f"{self.student.name}_branch_{index}",
+            name=name,
         )
+        if preprocessing is None:
+            return model
+        return export.with_preprocessing(model, preprocessing, name=name)
 
-    def get_ensemble_model(self, name=None):
+    def get_ensemble_model(self, name=None, preprocessing=None):
         """Returns the ensemble (all branches) as a plain Keras model.
 
         Its output is the student's `ensemble_logits` (for ONE, the gated
         sum) or, for students without an ensemble head, the mean of the
-        branch logits.
+        branch logits. With `preprocessing`, a model with several inputs
+        (one view per branch) takes one raw image, given to every input.
+
+        Args:
+            name: the model's name.
+            preprocessing: `None` (the default): the model takes images
+                normalized as the training pipelines gave them. A
+                `keras_one.data.DatasetInfo` (or its `preprocessing`
+                dict): the model takes the dataset's raw images (e.g.
+                uint8 0-255 pixels, the digits' 0-16 values) and applies
+                the pipelines' scaling and per-channel normalization
+                itself, with built-in layers (see
+                `keras_one.export.with_preprocessing`).
+
+        Example:
+
+        ```python
+        train_ds, test_ds, info = keras_one.data.load("digits")
+        ...  # build, compile and fit the distiller
+        branch = distiller.get_branch_model(0, preprocessing=info)
+        branch.predict(raw_images)  # logits
+        ```
         """
 
         def select(outputs):
@@ -747,9 +793,11 @@ class Distiller(KerasWorkarounds, keras.Model):
                 outputs["branch_logits"]
             )
 
-        return export.plain_keras_model(
-            self.student, select, name=name or f"{self.student.name}_ensemble"
-        )
+        name = name or f"{self.student.name}_ensemble"
+        model = export.plain_keras_model(self.student, select, name=name)
+        if preprocessing is None:
+            return model
+        return export.with_preprocessing(model, preprocessing, name=name)
 
     # === Config ===
 

@@ -1,5 +1,8 @@
 """Turning a keras_one network into a plain Keras model."""
 
+import json
+import os
+
 import keras
 
 from keras_one.graph import used_inputs
@@ -86,3 +89,121 @@ def plain_keras_model(model, select, name):
             "method), so the exported model would need keras_one to load."
         )
     return plain
+
+
+# Names of the layers `with_preprocessing` puts in front of a network.
+SCALE_LAYER = "raw_pixel_scale"
+NORMALIZATION_LAYER = "raw_normalization"
+# The sidecar of an exported SavedModel folder, inside it.
+SAVEDMODEL_SIDECAR = "keras_one.json"
+
+
+def preprocessing_of(preprocessing):
+    """The preprocessing dict of a `DatasetInfo`, or the dict itself."""
+    preprocessing = getattr(preprocessing, "preprocessing", preprocessing)
+    if not isinstance(preprocessing, dict):
+        raise TypeError(
+            "preprocessing must be a keras_one.data.DatasetInfo or its "
+            f"`preprocessing` dict; got {type(preprocessing).__name__}."
+        )
+    missing = {"input_shape", "pixel_scale"} - set(preprocessing)
+    if missing:
+        raise ValueError(
+            f"The preprocessing dict lacks {sorted(missing)}: pass "
+            "`info.preprocessing` of the keras_one.data loader."
+        )
+    return preprocessing
+
+
+def with_preprocessing(model, preprocessing, name=None):
+    """`model` behind built-in layers applying the dataset's preprocessing.
+
+    The returned model takes raw images (the dataset's own pixel values:
+    0-255 for uint8 images, 0-16 for the digits; any dtype, computed in
+    float32) of `preprocessing["input_shape"]`, scales them with a
+    `keras.layers.Rescaling` and normalizes them per channel with a
+    `keras.layers.Normalization` of fixed mean and variance, then calls
+    `model` (on every input of a multi-view model). Both layers are
+    built-in: it saves as `.keras`, loads without keras_one and exports to
+    SavedModel and TFLite.
+
+    Args:
+        model: a plain Keras model taking normalized images.
+        preprocessing: a `keras_one.data.DatasetInfo` or its
+            `preprocessing` dict.
+        name: the returned model's name (default: `model.name`).
+
+    Returns:
+        A functional `keras.Model`.
+    """
+    preprocessing = preprocessing_of(preprocessing)
+    shape = tuple(int(d) for d in preprocessing["input_shape"])
+    for tensor in model.inputs:
+        if tuple(tensor.shape[1:]) != shape:
+            raise ValueError(
+                f"The model takes images of shape {tuple(tensor.shape[1:])} "
+                f"but the preprocessing is for {shape}: pass the "
+                "preprocessing of the dataset the model was trained on."
+            )
+    raw = keras.Input(shape, dtype="float32", name="raw_image")
+    images = keras.layers.Rescaling(
+        float(preprocessing["pixel_scale"]), name=SCALE_LAYER
+    )(raw)
+    if preprocessing.get("mean") is not None:
+        std = [float(s) for s in preprocessing["std"]]
+        images = keras.layers.Normalization(
+            mean=[float(m) for m in preprocessing["mean"]],
+            variance=[s * s for s in std],
+            name=NORMALIZATION_LAYER,
+        )(images)
+    inputs = images if len(model.inputs) == 1 else [images] * len(model.inputs)
+    return keras.Model(raw, model(inputs), name=name or model.name)
+
+
+def has_preprocessing(model):
+    """Whether a Keras `model` was built by `with_preprocessing`."""
+    return any(layer.name == SCALE_LAYER for layer in model.layers)
+
+
+def metadata(preprocessing=None, class_names=None, included=True):
+    """The JSON sidecar of an export: class names and preprocessing.
+
+    Args:
+        preprocessing: the dataset's preprocessing dict, or `None`.
+        class_names: one name per class, or `None`.
+        included: whether the model applies the preprocessing itself
+            (takes raw images) or takes normalized images.
+    """
+    return {
+        "format": "keras-one-export",
+        "version": 1,
+        "output": "logits",
+        "input": "raw" if included and preprocessing else "normalized",
+        "class_names": None if class_names is None else list(class_names),
+        "preprocessing": preprocessing,
+    }
+
+
+def sidecar_path(export_path):
+    """Where the sidecar of an export is: `X.keras.json`, `X/keras_one.json`."""
+    if os.path.isdir(export_path):
+        return os.path.join(export_path, SAVEDMODEL_SIDECAR)
+    return os.fspath(export_path) + ".json"
+
+
+def read_sidecar(export_path):
+    """The sidecar of an export as a dict, or `None` if it has none."""
+    path = sidecar_path(export_path)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as file:
+            value = json.load(file)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{path} is damaged or not JSON ({type(error).__name__}: "
+            f"{error}): export the model again."
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a keras-one export sidecar.")
+    return value

@@ -81,6 +81,9 @@ def test_export_formats(trained_run, tmp_path, fmt, branch):
             fmt,
             "--output",
             str(output),
+            # The bare network, on normalized images (the default export
+            # normalizes raw images itself: test_export_preprocessing.py).
+            "--no-preprocessing",
         ]
     )
     distiller = keras.saving.load_model(trained_run / "distiller.keras")

@@ -129,6 +129,55 @@ def image_preprocess(
     return preprocess
 
 
+def raw_preprocess(input_shape):
+    """The raw images as float32: no scaling, augmentation or normalization.
+
+    The input of a model exported with its preprocessing (`raw=True`).
+    """
+
+    def preprocess(image, seed):
+        return tf.ensure_shape(tf.cast(image, "float32"), input_shape)
+
+    return preprocess
+
+
+def check_raw(raw, augment):
+    """Raw pipelines are never augmented: refuses an explicit policy."""
+    if raw and augment not in (True, False, None):
+        raise ValueError(
+            f"raw=True gives un-augmented images; augment={augment!r} "
+            "cannot apply: leave augment out."
+        )
+
+
+def preprocessing_dict(input_shape, pixel_scale, mean, std, resize=None):
+    """What a pipeline does to raw images before the network, as JSON data.
+
+    Args:
+        input_shape: `(height, width, channels)` of the network's input.
+        pixel_scale: factor taking raw pixels to [0, 1].
+        mean: per-channel mean subtracted after scaling, or `None`.
+        std: per-channel standard deviation divided by, or `None`.
+        resize: how raw images of another size are brought to
+            `input_shape`: `"bilinear"` (a plain resize), `"center_crop"`
+            (shorter side resized to `size / 0.875`, central crop) or
+            `None` (all images have the input size).
+
+    Returns:
+        A dict with those keys and `raw_pixel_max` (`1 / pixel_scale`: the
+        raw value of a white pixel, 255 for uint8 images, 16 for the
+        digits), the scale from 8-bit image files to the raw range.
+    """
+    return {
+        "input_shape": [int(d) for d in input_shape],
+        "pixel_scale": float(pixel_scale),
+        "raw_pixel_max": float(1.0 / pixel_scale),
+        "mean": None if mean is None else [float(v) for v in mean],
+        "std": None if std is None else [float(v) for v in std],
+        "resize": resize,
+    }
+
+
 def normalize(image, mean, std):
     """`(image - mean) / std` per channel; identity when `mean` is None."""
     if mean is None:

@@ -21,6 +21,8 @@ def load_arrays(
     std=None,
     shuffle_buffer=None,
     views=1,
+    pixel_scale=None,
+    raw=False,
 ):
     """Builds training and test pipelines over NumPy arrays of images.
 
@@ -60,6 +62,12 @@ def load_arrays(
             batches are then `((view_0, ..., view_{views-1}), labels)`, each
             view augmented independently; test batches repeat the
             un-augmented image `views` times.
+        pixel_scale: factor taking the images' pixels to [0, 1]; defaults
+            to 1/255 for uint8 images and 1 for float images.
+        raw: `True` for pipelines of the images as given (float32, not
+            scaled, augmented nor normalized): the input of a model
+            exported with its preprocessing (`info.preprocessing`, which is
+            the same either way).
 
     Returns:
         `(train_ds, test_ds, info)`: two `tf.data.Dataset`s of
@@ -87,7 +95,9 @@ def load_arrays(
     if class_names is None:
         class_names = [str(i) for i in range(num_classes)]
     input_shape = tuple(int(d) for d in x_train.shape[1:])
-    pixel_scale = 1.0 / 255.0 if x_train.dtype == np.uint8 else 1.0
+    if pixel_scale is None:
+        pixel_scale = 1.0 / 255.0 if x_train.dtype == np.uint8 else 1.0
+    _pipeline.check_raw(raw, augment)
 
     policy = _pipeline.resolve_policy(
         augment, _pipeline.default_policy(input_shape[:2])
@@ -106,6 +116,11 @@ def load_arrays(
     test_preprocess = _pipeline.image_preprocess(
         input_shape, pixel_scale, None, padding, mean, std
     )
+    if raw:
+        policy = None
+        train_preprocess = test_preprocess = _pipeline.raw_preprocess(
+            input_shape
+        )
     train_ds = _pipeline.make_pipeline(
         tf.data.Dataset.from_tensor_slices((x_train, y_train)),
         train_preprocess,
@@ -133,6 +148,9 @@ def load_arrays(
         mean=mean,
         std=std,
         train_augmentation=policy,
+        preprocessing=_pipeline.preprocessing_dict(
+            input_shape, pixel_scale, mean, std
+        ),
     )
     return train_ds, test_ds, info
 

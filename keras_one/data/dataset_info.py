@@ -26,6 +26,12 @@ class DatasetInfo:
         std: per-channel standard deviation they divide by, or `None`.
         train_augmentation: the augmentation policy of the training
             pipeline (`"pad_crop_flip"`, ...), or `None`.
+        preprocessing: what the test pipeline does to the dataset's raw
+            images before the network, as a JSON-serializable dict (see
+            `keras_one.data.preprocessing_dict`): `pixel_scale`,
+            `raw_pixel_max`, `mean`, `std`, `resize`, `input_shape`.
+            `Distiller.get_branch_model(i, preprocessing=info)` builds it
+            into an exported model, which then takes raw images.
 
     Example:
 
@@ -43,6 +49,9 @@ class DatasetInfo:
     mean: tuple | None = None
     std: tuple | None = None
     train_augmentation: str | None = None
+    preprocessing: dict | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     def normalization_layer(self, name="normalization"):
         """A Keras layer applying the pipelines' normalization.

@@ -28,6 +28,7 @@ def load_image_folder(
     std=None,
     shuffle_buffer=None,
     views=1,
+    raw=False,
 ):
     """Builds training and test pipelines over class-per-folder images.
 
@@ -74,6 +75,10 @@ def load_image_folder(
             batches are then `((view_0, ..., view_{views-1}), labels)`, each
             view augmented independently; test batches repeat the
             un-augmented image `views` times.
+        raw: `True` for pipelines of the raw images (0-255 pixel values,
+            resized to the input size, as float32; not augmented nor
+            normalized): the input of a model exported with its
+            preprocessing (`info.preprocessing`, the same either way).
 
     Returns:
         `(train_ds, test_ds, info)`: batched `tf.data.Dataset`s of float32
@@ -88,6 +93,7 @@ def load_image_folder(
     """
     _pipeline.check_batch_size(batch_size)
     _pipeline.check_views(views)
+    _pipeline.check_raw(raw, augment)
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"No image folder at {directory!r}.")
@@ -141,11 +147,20 @@ def load_image_folder(
     )
     padding = _augment.default_padding(min(image_size))
     pixel_scale = 1.0 / 255.0
+    train_preprocess = _pipeline.image_preprocess(
+        input_shape, pixel_scale, policy, padding, mean, std
+    )
+    test_preprocess = _pipeline.image_preprocess(
+        input_shape, pixel_scale, None, padding, mean, std
+    )
+    if raw:
+        policy = None
+        train_preprocess = test_preprocess = _pipeline.raw_preprocess(
+            input_shape
+        )
     train_ds = _pipeline.make_pipeline(
         train_files,
-        _pipeline.image_preprocess(
-            input_shape, pixel_scale, policy, padding, mean, std
-        ),
+        train_preprocess,
         training=True,
         batch_size=batch_size,
         seed=seed,
@@ -156,9 +171,7 @@ def load_image_folder(
     )
     test_ds = _pipeline.make_pipeline(
         test_files,
-        _pipeline.image_preprocess(
-            input_shape, pixel_scale, None, padding, mean, std
-        ),
+        test_preprocess,
         training=False,
         batch_size=batch_size,
         cache=_pipeline.test_cache(cache),
@@ -174,6 +187,9 @@ def load_image_folder(
         mean=mean,
         std=std,
         train_augmentation=policy,
+        preprocessing=_pipeline.preprocessing_dict(
+            input_shape, pixel_scale, mean, std, resize="bilinear"
+        ),
     )
     return train_ds, test_ds, info
 

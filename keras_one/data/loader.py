@@ -1,5 +1,7 @@
 import os
 
+import numpy as np
+
 from keras_one.data import tfds_dataset
 from keras_one.data.arrays import load_arrays
 from keras_one.data.digits import load_digits
@@ -10,6 +12,8 @@ from keras_one.data.tfds_dataset import load_tfds
 # The bundled digits are not mirror-symmetric: shift them, never flip.
 DIGITS_AUGMENTATION = "pad_crop"
 TFDS_OPTIONS = ("data_dir", "manual_dir", "download")
+# The bundled digits' pixel values go from 0 to 16.
+DIGITS_MAX = 16
 
 
 def load(
@@ -61,7 +65,11 @@ def load(
             `shuffle_buffer`; `test_fraction` for the digits; `views` (every
             source): the number of independently augmented views of each
             training image, for students that give each branch its own
-            view (PCL; default 1, see `keras_one.data.load_arrays`).
+            view (PCL; default 1, see `keras_one.data.load_arrays`);
+            `raw=True` (every source): pipelines of the raw images (e.g.
+            uint8 0-255 values, the digits' 0-16), un-augmented and
+            unnormalized, as float32: the input of a model exported with
+            `info.preprocessing`.
 
     Returns:
         `(train_ds, test_ds, info)`: `tf.data.Dataset`s of
@@ -105,12 +113,15 @@ def load(
             key: kwargs.pop(key) for key in ("test_fraction",) if key in kwargs
         }
         (x_train, y_train), (x_test, y_test) = load_digits(**digits_options)
-        if augment is True:
+        if augment is True and not kwargs.get("raw"):
             options["augment"] = DIGITS_AUGMENTATION
+        # The raw digits are the dataset's own 0..16 values (exactly
+        # `load_digits`' images times 16): an exported model takes them.
+        kwargs.setdefault("pixel_scale", 1.0 / DIGITS_MAX)
         return load_arrays(
-            x_train,
+            _digits_pixels(x_train),
             y_train,
-            x_test,
+            _digits_pixels(x_test),
             y_test,
             name="digits",
             **options,
@@ -139,6 +150,11 @@ def load(
         f"'digits', {sorted(tfds_dataset.PRESETS)} and the tfds catalog "
         "(https://www.tensorflow.org/datasets/catalog)."
     )
+
+
+def _digits_pixels(images):
+    """`load_digits`' [0, 1] images as their original 0..16 uint8 values."""
+    return np.round(images * DIGITS_MAX).astype("uint8")
 
 
 def _is_tfds_name(name):

@@ -61,6 +61,7 @@ def load_tfds(
     std=None,
     shuffle_buffer=None,
     views=1,
+    raw=False,
 ):
     """Builds training and test pipelines for a tensorflow-datasets dataset.
 
@@ -124,6 +125,10 @@ def load_tfds(
             batches are then `((view_0, ..., view_{views-1}), labels)`, each
             view augmented independently; test batches repeat the
             un-augmented image `views` times.
+        raw: `True` for pipelines of the raw images (0-255 pixel values,
+            resized and cropped like the test images, as float32; not
+            augmented nor normalized): the input of a model exported with
+            its preprocessing (`info.preprocessing`, the same either way).
 
     Returns:
         `(train_ds, test_ds, info)`: batched `tf.data.Dataset`s of float32
@@ -140,6 +145,7 @@ def load_tfds(
 
     _pipeline.check_batch_size(batch_size)
     _pipeline.check_views(views)
+    _pipeline.check_raw(raw, augment)
     key = ALIASES.get(str(name).lower(), str(name))
     preset = PRESETS.get(key)
     try:
@@ -243,6 +249,15 @@ def load_tfds(
         image = _pipeline.normalize(eval_transform(image), mean, std)
         return tf.ensure_shape(image, input_shape)
 
+    if raw:
+        policy = None
+        raw_transform = _eval_transform(fixed_size, encoded, image_size, 1.0)
+
+        def train_preprocess(image, seed):
+            return tf.ensure_shape(raw_transform(image), input_shape)
+
+        test_preprocess = train_preprocess
+
     if cache is None:
         cache = preset.cache if preset else _fits_in_memory(builder)
     if shuffle_buffer is None and encoded:
@@ -278,6 +293,13 @@ def load_tfds(
         mean=mean,
         std=std,
         train_augmentation=policy,
+        preprocessing=_pipeline.preprocessing_dict(
+            input_shape,
+            1.0 / 255.0,
+            mean,
+            std,
+            resize=None if fixed_size else "center_crop",
+        ),
     )
     return train_ds, test_ds, info
 
@@ -286,15 +308,23 @@ def _to_float(image):
     return tf.image.convert_image_dtype(image, "float32")
 
 
-def _eval_transform(fixed_size, encoded, image_size):
-    """Decoded, [0, 1]-scaled evaluation image of the pipeline's size."""
+def _raw_float(image):
+    return tf.cast(image, "float32")
+
+
+def _eval_transform(fixed_size, encoded, image_size, scale=None):
+    """Decoded, [0, 1]-scaled evaluation image of the pipeline's size.
+
+    With `scale=1.0`, the raw 0-255 pixel values (as float32) instead.
+    """
+    to_float = _to_float if scale is None else _raw_float
     if fixed_size:
-        return _to_float
+        return to_float
 
     def transform(image):
         if encoded:
             image = tf.io.decode_jpeg(image, channels=3)
-        return _augment.resize_center_crop(_to_float(image), image_size)
+        return _augment.resize_center_crop(to_float(image), image_size)
 
     return transform
 
