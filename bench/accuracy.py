@@ -4,7 +4,8 @@ Trains the baseline network and each method's student with one recipe
 (`keras_one.experiment`: SGD 0.1 with Nesterov momentum, cosine decay,
 coupled L2 weight decay, batch 128, pad-crop-flip augmentation) for several
 seeds, and reports the mean and spread of the test accuracy of every branch,
-of the best branch and of the ensemble, and the training time. Results are
+of the best branch (picked on the held-out images, see `summarize`) and of
+the ensemble, and the training time. Results are
 written to a JSON file after every run (partial results survive an
 interruption; a rerun with the same `--output` skips the runs already done)
 and drawn in a PNG chart.
@@ -427,6 +428,10 @@ def run_one(name, seed, args):
                 ]
     record["train_seconds"] = scores["train_seconds"]
     record["intra_op_threads"] = _intra_op_threads()
+    # Runs of one file may come from other processes or machines.
+    info = _machine_info()
+    record["inter_op_threads"] = info.tensorflow_threads("inter")
+    record["cpu"] = info.cpu_name()
     record["history"] = {
         key: [float(v) for v in values]
         for key, values in scores["history"].items()
@@ -442,13 +447,7 @@ def _intra_op_threads():
     variable `TF_NUM_INTRAOP_THREADS` (which that API does not report),
     else TensorFlow's default: every core.
     """
-    import tensorflow as tf
-
-    return (
-        tf.config.threading.get_intra_op_parallelism_threads()
-        or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0)
-        or os.cpu_count()
-    )
+    return _machine_info().tensorflow_threads("intra")
 
 
 # === Summary ===
@@ -465,13 +464,35 @@ def _stats(values):
     }
 
 
+def picked_branch(scores, picker):
+    """The score of the branch with the best `picker` accuracy.
+
+    `scores` and `picker` are one run's per-branch accuracies on two sets.
+    Branches tied on `picker` count alike: the mean of their scores (the
+    expected score of a pick among them).
+    """
+    scores, picker = np.asarray(scores), np.asarray(picker)
+    return float(scores[picker == picker.max()].mean())
+
+
 def summarize(runs):
-    """Mean, sample standard deviation and range per method, in percent."""
+    """Mean, sample standard deviation and range per method, in percent.
+
+    The best branch of a run is picked on the other set and scored on this
+    one (picked on the held-out images for the test set, on the test set
+    for the held-out images), so that the pick does not favour the set it
+    is scored on; `best_branch_picked_on` says which set picked it. Without
+    a held-out set it is picked on the set it is scored on (an optimistic
+    figure): `best_branch_picked_on` is then "itself".
+    """
     summary = {}
     for name in dict.fromkeys(run["method"] for run in runs):
         group = [run for run in runs if run["method"] == name]
         entry = {"seeds": [run["seed"] for run in group]}
-        for prefix in ("", "heldout_"):
+        for prefix, other, other_name in (
+            ("", "heldout_", "heldout"),
+            ("heldout_", "", "test"),
+        ):
             key = f"{prefix}branch_accuracy"
             if not all(key in run for run in group):
                 continue
@@ -480,7 +501,15 @@ def summarize(runs):
                 _stats(branches[:, i]) for i in range(branches.shape[1])
             ]
             entry[f"{prefix}mean_branch"] = _stats(branches.mean(axis=1))
-            entry[f"{prefix}best_branch"] = _stats(branches.max(axis=1))
+            picker = f"{other}branch_accuracy"
+            if all(picker in run for run in group):
+                entry[f"{prefix}best_branch"] = _stats(
+                    [picked_branch(run[key], run[picker]) for run in group]
+                )
+                entry[f"{prefix}best_branch_picked_on"] = other_name
+            else:
+                entry[f"{prefix}best_branch"] = _stats(branches.max(axis=1))
+                entry[f"{prefix}best_branch_picked_on"] = "itself"
             ensemble = [run.get(f"{prefix}ensemble_accuracy") for run in group]
             if all(value is not None for value in ensemble):
                 entry[f"{prefix}ensemble"] = _stats(ensemble)
@@ -686,20 +715,19 @@ def main(argv=None):
     return results
 
 
+def _machine_info():
+    """`bench/machine_info.py`, imported from this script's directory."""
+    directory = os.path.dirname(os.path.abspath(__file__))
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    import machine_info
+
+    return machine_info
+
+
 def _machine():
-    import platform
-
-    import keras
-    import tensorflow as tf
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-    }
+    """The CPU model, thread counts and libraries of this process."""
+    return _machine_info().describe()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ Accuracy files give, per method: the number of seeds, the mean +- sample
 standard deviation over the seeds of the mean branch, the best branch and
 the ensemble on the test set and on the held-out training images, the gain
 of the mean branch over the baseline paired by seed, and the training time;
-for the methods with pre-trained teachers, the teachers' accuracy.
+for the methods with pre-trained teachers, the teachers' accuracy. They
+are summarized from the file's runs by `bench/accuracy.py`'s `summarize`
+as it is now, not read from the summary stored in the file: a run's best
+branch is the branch with the best accuracy on the other set (held-out
+images for the test set, and the other way round), scored on this one.
 Throughput files give the CPU and the libraries' versions, the images per
 second of every variant (median, min and max over the rounds) and the time
 ratios (median over the rounds and, where the file has it, its 95%
@@ -20,7 +24,9 @@ PyTorch backends against TensorFlow.
 """
 
 import argparse
+import importlib.util
 import json
+import os
 
 import numpy as np
 
@@ -76,10 +82,34 @@ def _ensemble_gain(runs, name, prefix):
     )
 
 
+def _summarize(runs):
+    """`bench/accuracy.py`'s summary of `runs`, loaded from its file."""
+    path = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "accuracy.py"
+    )
+    spec = importlib.util.spec_from_file_location("bench_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.summarize(runs)
+
+
+def _best_cell(entry, prefix):
+    """The best branch's cell, marked when picked on the set it is scored
+    on (a file without held-out images)."""
+    cell = _cell(entry.get(f"{prefix}best_branch"))
+    if entry.get(f"{prefix}best_branch_picked_on") == "itself":
+        cell += " (picked on this set)"
+    return cell
+
+
 def accuracy_tables(results):
     protocol = results["protocol"]
     runs = results["runs"]
+    summary = _summarize(runs)
     lines = [
+        "Best branch: picked on the other set (test: the branch best on "
+        "the held-out images), scored on this one.",
+        "",
         f"Protocol: {json.dumps(protocol)}",
         "",
         "| method | seeds | split | mean branch | best branch | ensemble "
@@ -87,7 +117,7 @@ def accuracy_tables(results):
         "| train s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, entry in results["summary"].items():
+    for name, entry in summary.items():
         for prefix, split in (("", "test"), ("heldout_", "held-out")):
             if f"{prefix}mean_branch" not in entry:
                 continue
@@ -101,7 +131,7 @@ def accuracy_tables(results):
             lines.append(
                 f"| {name} | {len(entry['seeds'])} | {split} "
                 f"| {_cell(entry[f'{prefix}mean_branch'])} "
-                f"| {_cell(entry[f'{prefix}best_branch'])} "
+                f"| {_best_cell(entry, prefix)} "
                 f"| {_cell(entry.get(f'{prefix}ensemble'))} "
                 f"| {gain} | {_ensemble_gain(runs, name, prefix)} "
                 f"| {'' if seconds is None else f'{seconds:.0f}'} |"

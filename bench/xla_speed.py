@@ -123,6 +123,18 @@ def measure(steps, args):
     return speeds
 
 
+def _machine_info():
+    """`bench/machine_info.py`, imported from this script's directory."""
+    import sys
+
+    directory = os.path.dirname(os.path.abspath(__file__))
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    import machine_info
+
+    return machine_info
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import keras
@@ -144,6 +156,8 @@ def main(argv=None):
     labels = rng.integers(0, args.num_classes, args.batch_size)
     results = {
         "device": device,
+        # The CPU model and TensorFlow's thread counts, among others.
+        "machine": _machine_info().describe(),
         "model": args.model,
         "batch_size": args.batch_size,
         "policy": args.policy,

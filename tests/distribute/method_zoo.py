@@ -76,6 +76,62 @@ def make_distiller(name, seed=0, **distiller_kwargs):
     return Distiller(student, method, **distiller_kwargs)
 
 
+def compile_distiller(distiller, optimizer, **compile_kwargs):
+    """`distiller.compile(optimizer, ...)`, then builds the optimizer.
+
+    Without a strategy, Keras builds the optimizer inside the first trace
+    of the training step, which makes `tf.function` trace it a second time
+    (variables created in a trace): half of a tiny `fit`'s time. Built
+    here, as Keras builds it under a strategy and `BackupAndRestore` before
+    a restore, the step is traced once; the training is the same (the
+    Distiller's variables all exist once it is constructed).
+    """
+    distiller.compile(optimizer=optimizer, **compile_kwargs)
+    distiller.optimizer.build(distiller.trainable_variables)
+    return distiller
+
+
+def batch_dataset(x, y, sample_weight=None, batch_size=32):
+    """`(x, y[, sample_weight])` in batches, the batch size left unknown.
+
+    `fit` on NumPy arrays gives the batches a static size, so a last,
+    smaller batch traces the training step again; this dataset's batches
+    all share one trace. Sample weights are float32, as `fit` makes them.
+    """
+    import tensorflow as tf
+
+    if sample_weight is None:
+        data = (x, y)
+    else:
+        data = (x, y, np.asarray(sample_weight, "float32"))
+    return tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+
+
+def count_batches(distiller, sizes):
+    """Appends the size of every batch a replica trains on to `sizes`.
+
+    Wraps `distiller.train_step` (per replica under a strategy) with a
+    host call that records the replica's share of the batch as it runs.
+    Not under XLA, which cannot compile the host call.
+    """
+    import tensorflow as tf
+
+    keras_train_step = distiller.train_step
+
+    def record(size):
+        sizes.append(int(size))
+        return size
+
+    def train_step(data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        size = tf.shape(keras.tree.flatten(x)[0])[0]
+        counted = tf.numpy_function(record, [size], tf.int32, stateful=True)
+        with tf.control_dependencies([counted]):
+            return keras_train_step(data)
+
+    distiller.train_step = train_step
+
+
 def make_images(num_examples=96, seed=0):
     """Learnable images: the class is the brightest horizontal band."""
     rng = np.random.default_rng(seed)

@@ -84,6 +84,9 @@ class Sweeps:
                 text=True,
                 timeout=TIMEOUT,
             )
+            # Its progress and CPU times, kept next to its results.
+            with open(output + ".log", "w") as file:
+                file.write(process.stdout + process.stderr)
             if process.returncode:
                 raise RuntimeError(
                     f"{name} failed:\n{process.stdout}\n{process.stderr}"
@@ -172,7 +175,10 @@ def test_mirrored_strategy_matches_one_device(sweeps, method):
     mirrored, mirrored_weights = run_of(sweeps, "mirrored", "mirrored", method)
     assert mirrored["logits_dtype"] == single["logits_dtype"] == "float64"
     assert mirrored["steps"] == single["steps"] == 6
-    assert mirrored["examples"] == single["examples"] == 95
+    # The batches each replica trained on, as counted while they ran: each
+    # its half of every global batch, the last one split 16 / 15.
+    assert single["batch_sizes"] == [32, 32, 31] * 2
+    assert sorted(mirrored["batch_sizes"]) == sorted([16] * 10 + [15] * 2)
     assert global_relative_difference(single_weights, mirrored_weights) < 1e-5
     assert_same_weights(single_weights, mirrored_weights, 1e-5, 1e-6)
     assert_same_logs(single["history"], mirrored["history"], 1e-5)
@@ -232,6 +238,7 @@ def test_mixed_precision_trains(sweeps, method, policy):
         "LossScaleOptimizer" if policy == "mixed_float16" else "SGD"
     )
     assert mixed["optimizer"] == expected_optimizer
+    assert mixed["batch_sizes"] == [32] * 6
     # The method computes every loss term (softmax, KL) in float32: its
     # terms on the low-precision outputs are its terms on those outputs
     # cast to float32, while a softmax in the compute dtype is off by more

@@ -4,15 +4,16 @@ Launched by `test_every_method.py` in a fresh process, because logical
 devices, op determinism and dtype policies are process-wide and must be
 set before any TensorFlow op. For every method in `--methods` and every
 run in `--runs`, it builds the same tiny student and method from the same
-seed, trains it (SGD with momentum, `shuffle=False`, sample weights) and
-records:
+seed, trains it (SGD with momentum, sample weights, a `tf.data` dataset
+in batches of 32 in a fixed order) and records:
 
 - `<run>/<method>/<variable path>` in `<output>.npz`: every variable after
   training (weights, BatchNormalization statistics, `current_epoch`);
 - `<run>/<method>` in `<output>.json`: the epoch logs, the running loss
-  after each batch, the optimizer class, the number of steps, the dtype
-  of the student's logits and of each loss term returned by the method;
-  or the traceback if that method failed.
+  after each batch, the optimizer class, the number of steps, the size of
+  every batch each replica trained on (counted as it ran; not under XLA),
+  the dtype of the student's logits and of each loss term returned by the
+  method; or the traceback if that method failed.
 
 Runs (a run name followed by `@m1+m2` runs only for those methods):
 
@@ -167,23 +168,26 @@ def main(argv):
                 distiller = method_zoo.make_distiller(
                     method, seed=seed, synchronized_batch_norm=synchronized
                 )
-                distiller.compile(
-                    optimizer=keras.optimizers.SGD(
-                        args.learning_rate, momentum=0.9
-                    ),
+                method_zoo.compile_distiller(
+                    distiller,
+                    keras.optimizers.SGD(args.learning_rate, momentum=0.9),
                     jit_compile=args.jit,
                 )
             dtypes, logits_dtype = method_zoo.term_dtypes(
                 distiller, x[:8], y[:8]
             )
             batch_losses = method_zoo.BatchLosses()
+            batch_sizes = []
+            if not args.jit:
+                method_zoo.count_batches(distiller, batch_sizes)
             history = distiller.fit(
-                method_zoo.student_inputs(distiller, x),
-                y,
-                sample_weight=sample_weight,
-                batch_size=32,
+                method_zoo.batch_dataset(
+                    method_zoo.student_inputs(distiller, x),
+                    y,
+                    sample_weight,
+                ),
                 epochs=args.epochs,
-                shuffle=False,
+                shuffle=False,  # (in order already; no warning)
                 verbose=0,
                 callbacks=[batch_losses],
             )
@@ -227,8 +231,11 @@ def main(argv):
             "optimizer": type(distiller.optimizer).__name__,
             "jit_compile": bool(distiller.jit_compile),
             "steps": int(distiller.optimizer.iterations.numpy()),
-            "examples": len(y),
+            # The size of each batch a replica trained on, as it ran
+            # (None under XLA).
+            "batch_sizes": None if args.jit else batch_sizes,
             "determinism": args.determinism,
+            "cpu_seconds": time.process_time() - start,
             "logits_dtype": logits_dtype,
             "term_dtypes": dtypes,
             "float32_first_loss": float32_first_loss,

@@ -93,7 +93,9 @@ def main(argv):
             stop_at = tuple(int(i) for i in args.block_at.split(":"))
         keras.backend.clear_session()
         distiller = method_zoo.make_distiller(name)
-        distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        method_zoo.compile_distiller(
+            distiller, keras.optimizers.SGD(0.05, momentum=0.9)
+        )
         recorder = Recorder(stop_at, block=name == names[-1])
         try:
             history = distiller.fit(

@@ -1,0 +1,62 @@
+"""What a benchmark ran on: the CPU, its thread counts and the libraries.
+
+Shared by the benchmark scripts, which record `describe()` in every result
+file they write (a speed or a run time means little without them):
+
+    import machine_info
+
+    results["machine"] = machine_info.describe()
+
+The scripts are run from anywhere (`python bench/accuracy.py`) or loaded
+by path in the tests: they put their own directory on `sys.path` first.
+"""
+
+import os
+import platform
+
+
+def cpu_name():
+    """The CPU's model name (`model name` in /proc/cpuinfo), else the
+    platform's processor name (empty on some systems)."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def tensorflow_threads(kind):
+    """TensorFlow's `"intra"`- or `"inter"`-op thread count.
+
+    Set by `tf.config.threading`, else by the environment variable
+    `TF_NUM_INTRAOP_THREADS` or `TF_NUM_INTEROP_THREADS` (which that API
+    does not report), else TensorFlow's default: every core
+    (`os.cpu_count()`).
+    """
+    import tensorflow as tf
+
+    configured = getattr(
+        tf.config.threading, f"get_{kind}_op_parallelism_threads"
+    )()
+    variable = f"TF_NUM_{kind.upper()}OP_THREADS"
+    return configured or int(os.environ.get(variable) or 0) or os.cpu_count()
+
+
+def describe():
+    """The machine and libraries of this process, as a JSON-able dict."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "intra_op_threads": tensorflow_threads("intra"),
+        "inter_op_threads": tensorflow_threads("inter"),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
