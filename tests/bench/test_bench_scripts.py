@@ -66,12 +66,25 @@ def test_accuracy_benchmark_tiny(tiny_npz, tmp_path, capsys, monkeypatch):
     assert {r["intra_op_threads"] for r in runs} == {7}
     # 32 of the 48 training images are trained on, 16 held out.
     assert all(len(r["heldout_branch_accuracy"]) == 3 for r in one)
-    # The summary is the mean and sample std (in %) over seeds.
+    # The summary is the mean and sample std (in %) over seeds; the best
+    # branch is picked on the held-out images and scored on the test set
+    # (tied branches count with their mean).
     branches = np.array([r["branch_accuracy"] for r in one]) * 100
+    heldout = np.array([r["heldout_branch_accuracy"] for r in one]) * 100
+    picked = [
+        scores[picker == picker.max()].mean()
+        for scores, picker in zip(branches, heldout, strict=True)
+    ]
     summary = saved["summary"]["one"]
-    np.testing.assert_allclose(
-        summary["best_branch"]["mean"], branches.max(axis=1).mean()
-    )
+    np.testing.assert_allclose(summary["best_branch"]["mean"], np.mean(picked))
+    assert summary["best_branch_picked_on"] == "heldout"
+    assert summary["heldout_best_branch_picked_on"] == "test"
+    # Every result file records the CPU and TensorFlow's thread counts.
+    machine = saved["machine"]
+    assert machine["cpu"] and machine["cpu_count"] >= 1
+    assert machine["intra_op_threads"] == 7
+    assert machine["inter_op_threads"] >= 1
+    assert all(r["cpu"] == machine["cpu"] for r in runs)
     np.testing.assert_allclose(
         summary["mean_branch"]["std"], branches.mean(axis=1).std(ddof=1)
     )
@@ -439,3 +452,26 @@ def test_readme_tables_throughput(tmp_path, capsys):
     assert rows["JAX backend : TensorFlow (ONE)"][1:] == [
         "1.750", "-", "2.00, 1.50",
     ]  # fmt: skip
+
+
+def test_best_branch_is_picked_on_the_other_set():
+    accuracy = load_script("accuracy")
+    # Branch 2 is best on the held-out images, branch 0 on the test set.
+    run = {
+        "method": "one", "seed": 0, "train_seconds": 1.0,
+        "branch_accuracy": [0.70, 0.60, 0.65],
+        "heldout_branch_accuracy": [0.50, 0.55, 0.58],
+        "ensemble_accuracy": 0.7, "heldout_ensemble_accuracy": 0.6,
+    }  # fmt: skip
+    summary = accuracy.summarize([run])["one"]
+    np.testing.assert_allclose(summary["best_branch"]["mean"], 65.0)
+    np.testing.assert_allclose(summary["heldout_best_branch"]["mean"], 50.0)
+    # Tied where picked: the mean of the tied branches' scores.
+    assert accuracy.picked_branch([0.7, 0.6, 0.5], [0.3, 0.4, 0.4]) == (
+        pytest.approx(0.55)
+    )
+    # Without held-out images, picked on the set it is scored on.
+    del run["heldout_branch_accuracy"]
+    summary = accuracy.summarize([run])["one"]
+    np.testing.assert_allclose(summary["best_branch"]["mean"], 70.0)
+    assert summary["best_branch_picked_on"] == "itself"

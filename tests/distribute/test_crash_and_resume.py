@@ -1,14 +1,17 @@
-"""A run killed with SIGKILL mid-epoch resumes from its backup exactly.
+"""A run that crashed mid-epoch resumes from its backup exactly.
 
 `train_resumable.py` trains every registered method (those with a ramp-up
 get a short one, so the epoch counter matters) for 3 epochs of 6 steps
 with `keras.callbacks.BackupAndRestore(save_freq=3)`, one method after the
-other. The first run leaves each method after batch 4 of epoch 1, two
-batches after its last backup (taken after batch 2), and is killed with
-SIGKILL at the last method; the same command started again must train
-exactly the remaining batches of every method and end with the weights of
-an uninterrupted run. Keras' callback alone would restart epoch 1 from its
-first batch (21 steps instead of 18, other weights).
+other. The first run keeps, for each method, the backup folder as it is
+after batch 4 of epoch 1 (two batches after its last backup, taken after
+batch 2): what a crash there leaves on disk. It trains the method on to
+the end as the uninterrupted reference, and at the last method it stops
+there and is killed with SIGKILL. The same command started again must
+resume every method from its backup, train exactly the remaining batches
+and end with the weights of the uninterrupted run. Keras' callback alone
+would restart epoch 1 from its first batch (21 steps instead of 18, other
+weights).
 """
 
 import json
@@ -29,34 +32,33 @@ TIMEOUT = 600
 METHODS = methods.names()
 
 
-def command(backup_dir, output, block_at=None):
+def command(backup_dir, output):
     arguments = [sys.executable, SCRIPT, "--methods", ",".join(METHODS)]
     arguments += ["--backup-dir", str(backup_dir)]
-    arguments += ["--output", str(output)]
-    if block_at:
-        arguments += ["--block-at", block_at]
+    arguments += ["--output", str(output), "--block-at", "1:4"]
     return arguments
 
 
-def load(output):
-    with open(f"{output}.json") as file:
+def load(output, kind, method):
+    with open(output / kind / f"{method}.json") as file:
         report = json.load(file)
-    return report, dict(np.load(f"{output}.npz"))
+    return report, dict(np.load(output / kind / f"{method}.npz"))
+
+
+def written(output, kind):
+    folder = output / kind
+    if not folder.exists():
+        return []
+    return sorted(path.stem for path in folder.glob("*.json"))
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    killed = tmp_path / "killed"
-    straight = tmp_path / "straight"
+    backup = tmp_path / "backup"
+    output = tmp_path / "run"
+    last = METHODS[-1]
     first = subprocess.Popen(
-        command(tmp_path / "backup", killed, block_at="1:4"),
-        cwd=HERE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    uninterrupted = subprocess.Popen(
-        command(tmp_path / "straight_backup", straight),
+        command(backup, output),
         cwd=HERE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -64,58 +66,48 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     )
     try:
         deadline = time.monotonic() + TIMEOUT
-        while not os.path.exists(f"{killed}.ready"):
+        while not os.path.exists(f"{output}.ready"):
             assert first.poll() is None, first.communicate()[1][-5000:]
             assert time.monotonic() < deadline, "the run never blocked"
             time.sleep(0.5)
         for method in METHODS:
-            metadata = tmp_path / "backup" / method / "training_metadata.json"
-            with open(metadata) as file:
+            folder = (
+                backup / method
+                if method == last
+                else (backup / "crashed" / method)
+            )
+            with open(folder / "training_metadata.json") as file:
                 record = json.load(file)
             # The backup is mid-epoch: after batch 2 of epoch 1 (of 0 to 5).
             assert record == {"epoch": 1, "batch": 2}, method
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
         assert first.returncode == -signal.SIGKILL
-        assert not os.path.exists(f"{killed}.npz")
-
-        # The same command again.
-        rerun = subprocess.run(
-            command(tmp_path / "backup", killed, block_at="1:4"),
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
-        assert rerun.returncode == 0, rerun.stderr[-5000:]
-        _, errors = uninterrupted.communicate(timeout=TIMEOUT)
-        assert uninterrupted.returncode == 0, errors[-5000:]
     finally:
-        for process in (first, uninterrupted):
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    # Killed before the last method's reference and before any resume.
+    assert written(output, "straight") == sorted(set(METHODS) - {last})
+    assert written(output, "resumed") == []
 
-    resumed_runs, resumed_arrays = load(killed)
-    reference_runs, reference_arrays = load(straight)
-    assert sorted(resumed_runs) == sorted(reference_runs) == sorted(METHODS)
+    # The same command again.
+    rerun = subprocess.run(
+        command(backup, output),
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-5000:]
+    assert written(output, "straight") == written(output, "resumed")
+    assert written(output, "resumed") == sorted(METHODS)
     for method in METHODS:
         check_resumed(
             method,
-            resumed_runs[method],
-            weights_of(resumed_arrays, method),
-            reference_runs[method],
-            weights_of(reference_arrays, method),
+            *load(output, "resumed", method),
+            *load(output, "straight", method),
         )
-
-
-def weights_of(arrays, method):
-    prefix = f"{method}/"
-    return {
-        path[len(prefix) :]: value
-        for path, value in arrays.items()
-        if path.startswith(prefix)
-    }
 
 
 def check_resumed(method, resumed, resumed_weights, reference, weights):
