@@ -102,7 +102,14 @@ def used_inputs(inputs, outputs):
 
 def _reaches(inputs, outputs):
     try:
-        keras.Model(inputs, outputs)
+        model = keras.Model(inputs, outputs)
     except ValueError:  # "Output ... is not connected to `inputs`"
         return False
-    return True
+    # Keras 3.12 builds the model without that check: its graph then
+    # starts at an input it was not given.
+    given = {id(tensor) for tensor in inputs}
+    return not any(
+        isinstance(operation, keras.layers.InputLayer)
+        and id(operation.output) not in given
+        for operation in model.operations
+    )

@@ -17,7 +17,6 @@ initialization, as in those codes (see each layer).
 """
 
 import functools
-import math
 
 import keras
 
@@ -144,14 +143,14 @@ def linear_fusion_head(outputs, regularizer=None):
     features = _require(outputs, "branch_features", "linear_fusion")
     num_classes = outputs["branch_logits"][0].shape[-1]
     fused = keras.layers.Concatenate(name="fused_features")(features)
-    limit = 1.0 / math.sqrt(fused.shape[-1])
     return {
         "ensemble_logits": keras.layers.Dense(
             num_classes,
             kernel_initializer=keras.initializers.VarianceScaling(
                 1.0 / 3.0, mode="fan_in", distribution="uniform"
             ),
-            bias_initializer=keras.initializers.RandomUniform(-limit, limit),
+            # Zero bias, as keras_one.layers' heads (see _pytorch_init).
+            bias_initializer="zeros",
             kernel_regularizer=regularizer,
             bias_regularizer=regularizer,
             name="fusion_logits",
