@@ -780,8 +780,8 @@ class Distiller(KerasWorkarounds, keras.Model):
         ```python
         train_ds, test_ds, info = keras_one.data.load("digits")
         ...  # build, compile and fit the distiller
-        branch = distiller.get_branch_model(0, preprocessing=info)
-        branch.predict(raw_images)  # logits
+        ensemble = distiller.get_ensemble_model(preprocessing=info)
+        ensemble.predict(raw_images)  # logits
         ```
         """
 
