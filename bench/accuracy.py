@@ -97,6 +97,15 @@ def build_parser():
         help="use only this many training images, the same number per "
         "class (.npz data only); the rest are a held-out evaluation set",
     )
+    parser.add_argument(
+        "--resample",
+        action="store_true",
+        help="with --train-examples: the run of seed s trains on the "
+        "(s mod K)-th of the K disjoint slices of that size of the training "
+        "images (slice 0 is the first images of each class), and is "
+        "evaluated on the test images and on the training images outside "
+        "its slice; results then average over data as well as seeds",
+    )
     parser.add_argument("--branches", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=0.1)
@@ -141,8 +150,13 @@ def build_parser():
 # === Data ===
 
 
-def _stratified_subset(y, examples):
-    """Indices of the first `examples / C` images of each of the C classes."""
+def _stratified_subset(y, examples, slice_index=0):
+    """Indices of slice `slice_index` of `examples / C` images per class.
+
+    Slice `k` holds images `k * n` to `(k + 1) * n - 1` of each of the C
+    classes (in the file's order), `n = examples / C`: slices are disjoint,
+    and slice 0 is the first `n` images of each class.
+    """
     classes = np.unique(y)
     per_class, remainder = divmod(examples, len(classes))
     if remainder or per_class < 1:
@@ -158,14 +172,42 @@ def _stratified_subset(y, examples):
                 f"--train-examples {examples} needs {per_class} images of "
                 f"class {label}; the data has {len(where)}."
             )
-        chosen.append(where[:per_class])
+        start = slice_index * per_class
+        if len(where) < start + per_class:
+            raise SystemExit(
+                f"slice {slice_index} of --train-examples {examples} needs "
+                f"{start + per_class} images of class {label}; the data has "
+                f"{len(where)}."
+            )
+        chosen.append(where[start : start + per_class])
     return np.sort(np.concatenate(chosen))
 
 
-def load_data(args, seed, views=1):
+def slice_count(y, examples):
+    """How many disjoint slices of `examples` images per class `y` holds."""
+    classes, counts = np.unique(y, return_counts=True)
+    return int(counts.min() // (examples // len(classes)))
+
+
+def train_slice(args, seed):
+    """The slice of the training images that the run of `seed` trains on.
+
+    `seed mod K` with `--resample` (K disjoint slices), else slice 0.
+    """
+    if not args.resample:
+        return 0
+    with np.load(args.data) as arrays:
+        y_train = arrays["y_train"].reshape(-1)
+    return seed % slice_count(y_train, args.train_examples)
+
+
+def load_data(args, seed, views=1, slice_index=None):
     """`(train_ds, test_ds, heldout_ds or None, info dict)`.
 
-    `views > 1` gives every image that many views (PCL's peers).
+    `seed` shuffles the training images; with `--train-examples`, they are
+    slice `slice_index` (default: the slice of the run of `seed`, see
+    `train_slice`). `views > 1` gives every image that many views (PCL's
+    peers).
     """
     from keras_one import data
 
@@ -182,7 +224,11 @@ def load_data(args, seed, views=1):
     with np.load(args.data) as arrays:
         x_train, y_train = arrays["x_train"], arrays["y_train"].reshape(-1)
         x_test, y_test = arrays["x_test"], arrays["y_test"].reshape(-1)
-    subset = _stratified_subset(y_train, args.train_examples)
+    subset = _stratified_subset(
+        y_train,
+        args.train_examples,
+        train_slice(args, seed) if slice_index is None else slice_index,
+    )
     rest = np.setdiff1d(np.arange(len(y_train)), subset)
     x_sub, y_sub = x_train[subset], y_train[subset]
     # Normalize every split with the statistics of the images trained on.
@@ -331,7 +377,10 @@ def get_teacher(args, seed, index):
         f"seed {seed_k} ===",
         flush=True,
     )
-    train_ds, test_ds, heldout_ds, info = load_data(args, seed_k)
+    # On the images of the student it teaches (the slice of `seed`).
+    train_ds, test_ds, heldout_ds, info = load_data(
+        args, seed_k, slice_index=train_slice(args, seed)
+    )
     keras.utils.set_random_seed(seed_k)
     model, scores = experiment.train_baseline(
         **_recipe(args, args.teacher_model, train_ds, test_ds, info)
@@ -373,6 +422,8 @@ def run_one(name, seed, args):
     recipe = _recipe(args, args.model, train_ds, test_ds, info)
     keras.utils.set_random_seed(seed)
     record = {"method": name, "seed": seed}
+    if args.train_examples is not None:
+        record["train_slice"] = train_slice(args, seed)
     if name == BASELINE:
         network, scores = experiment.train_baseline(**recipe)
         record["branch_accuracy"] = [scores["accuracy"]]
@@ -528,6 +579,124 @@ def summarize(runs):
     return summary
 
 
+def t_interval(values, confidence=0.95):
+    """`(low, high)`: Student's t interval of the mean of `values`.
+
+    Two-sided; assumes the values are independent draws of one normal
+    distribution (here: paired differences of runs on resampled data and
+    seeds). `None` for fewer than two values.
+    """
+    from scipy import stats
+
+    values = np.asarray(values, "float64")
+    if len(values) < 2:
+        return None
+    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * (
+        values.std(ddof=1) / np.sqrt(len(values))
+    )
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def _run_scores(run, prefix):
+    """`{score: accuracy in %}` of one run on the test set (`prefix` "") or
+    the held-out images (`prefix` "heldout_")."""
+    branches = run.get(f"{prefix}branch_accuracy")
+    if branches is None:
+        return {}
+    scores = {"mean_branch": 100 * float(np.mean(branches))}
+    other = "heldout_" if prefix == "" else ""
+    if f"{other}branch_accuracy" in run:
+        scores["best_branch"] = 100 * picked_branch(
+            branches, run[f"{other}branch_accuracy"]
+        )
+    if run.get(f"{prefix}ensemble_accuracy") is not None:
+        scores["ensemble"] = 100 * run[f"{prefix}ensemble_accuracy"]
+    return scores
+
+
+def paired_differences(runs, reference=BASELINE, prefix=""):
+    """Each method against `reference`, paired by seed (and so by slice).
+
+    For every method, score (mean branch, best branch, ensemble) and run
+    paired with a run of `reference` of the same seed: the differences in
+    points (method minus reference's single network), their mean, sample
+    standard deviation and 95% Student's t interval of the mean, and the
+    seeds. `prefix` "heldout_" scores on the held-out images.
+    """
+    base = {
+        run["seed"]: _run_scores(run, prefix)["mean_branch"]
+        for run in runs
+        if run["method"] == reference and f"{prefix}branch_accuracy" in run
+    }
+    result = {}
+    for name in dict.fromkeys(run["method"] for run in runs):
+        if name == reference:
+            continue
+        group = [
+            run
+            for run in runs
+            if run["method"] == name
+            and run["seed"] in base
+            and f"{prefix}branch_accuracy" in run
+        ]
+        entry = {}
+        for key in ("mean_branch", "best_branch", "ensemble"):
+            pairs = [
+                (run["seed"], _run_scores(run, prefix).get(key))
+                for run in group
+            ]
+            pairs = [(s, score) for s, score in pairs if score is not None]
+            if not pairs:
+                continue
+            differences = np.asarray([score - base[s] for s, score in pairs])
+            entry[key] = {
+                "seeds": [seed for seed, _ in pairs],
+                "differences": [float(d) for d in differences],
+                "mean": float(differences.mean()),
+                "std": float(differences.std(ddof=1))
+                if len(differences) > 1
+                else 0.0,
+                "t_interval_95": t_interval(differences),
+                "n": len(differences),
+            }
+        if entry:
+            result[name] = entry
+    return result
+
+
+def format_paired(paired, reference=BASELINE):
+    rows = []
+    for name, entry in paired.items():
+        for key in ("mean_branch", "best_branch", "ensemble"):
+            if key not in entry:
+                continue
+            stats = entry[key]
+            interval = stats["t_interval_95"]
+            rows.append(
+                (
+                    name,
+                    key.replace("_", " "),
+                    str(stats["n"]),
+                    f"{stats['mean']:+.2f}",
+                    f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
+                    if interval
+                    else "-",
+                    f"{stats['std']:.2f}",
+                )
+            )
+    from keras_one import report
+
+    headers = (
+        "method",
+        "score",
+        "pairs",
+        f"minus {reference}",
+        "95% t interval",
+        "std of diff.",
+    )
+    return report.format_table(rows, headers)
+
+
 def format_summary(summary, prefix=""):
     rows = []
     for name, entry in summary.items():
@@ -661,6 +830,8 @@ def main(argv=None):
         from keras_one import models
 
         models.get(args.teacher_model)  # likewise for --teacher-model
+    if args.resample and args.train_examples is None:
+        raise SystemExit("--resample needs --train-examples (the slice size).")
     chart = args.chart or os.path.splitext(args.output)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     protocol = protocol_of(args)
@@ -690,7 +861,7 @@ def main(argv=None):
             record = run_one(name, seed, args)
             record["wall_seconds"] = time.perf_counter() - start
             results["runs"].append(record)
-            results["summary"] = summarize(results["runs"])
+            _summarize_into(results)
             _write(args.output, results)
             plot(results["summary"], chart, title)
             print(
@@ -700,10 +871,10 @@ def main(argv=None):
                 f"{record['train_seconds']:.0f} s",
                 flush=True,
             )
-    summary = summarize(results["runs"]) if results["runs"] else {}
     if merged:
-        results["summary"] = summary
+        _summarize_into(results)
         _write(args.output, results)
+    summary = summarize(results["runs"]) if results["runs"] else {}
     if summary:  # Redrawn also when every run was done before.
         plot(summary, chart, title)
     print(f"\nTest accuracy (%), mean +- std over seeds ({title})")
@@ -711,8 +882,25 @@ def main(argv=None):
     if any("heldout_mean_branch" in entry for entry in summary.values()):
         print("\nHeld-out (unused training images) accuracy (%)")
         print(format_summary(summary, prefix="heldout_"))
+    for prefix, where in (("", "test"), ("heldout_", "held-out")):
+        paired = paired_differences(results["runs"], prefix=prefix)
+        if paired:
+            print(
+                f"\n{where.capitalize()} accuracy minus the {BASELINE}'s, "
+                "paired by seed (points; 95% Student's t interval)"
+            )
+            print(format_paired(paired))
     print(f"\nresults: {args.output}\nchart:   {chart}")
     return results
+
+
+def _summarize_into(results):
+    """Puts the summary and the paired differences into `results`."""
+    results["summary"] = summarize(results["runs"])
+    results["paired"] = {
+        where: paired_differences(results["runs"], prefix=prefix)
+        for prefix, where in (("", "test"), ("heldout_", "heldout"))
+    }
 
 
 def _machine_info():

@@ -475,3 +475,67 @@ def test_best_branch_is_picked_on_the_other_set():
     summary = accuracy.summarize([run])["one"]
     np.testing.assert_allclose(summary["best_branch"]["mean"], 70.0)
     assert summary["best_branch_picked_on"] == "itself"
+
+
+def test_resampled_runs_train_on_disjoint_slices(tiny_npz, tmp_path):
+    accuracy = load_script("accuracy")
+    parse = accuracy.build_parser().parse_args
+    args = parse(
+        ["--data", str(tiny_npz), "--train-examples", "16", "--resample"]
+    )
+    y = np.load(tiny_npz)["y_train"]
+    # 12 images per class, 4 per class in a slice: 3 disjoint slices, the
+    # run of seed s on slice s mod 3.
+    assert accuracy.slice_count(y, 16) == 3
+    assert [accuracy.train_slice(args, s) for s in range(5)] == [0, 1, 2, 0, 1]
+    slices = [accuracy._stratified_subset(y, 16, k) for k in range(3)]
+    assert sorted(np.concatenate(slices).tolist()) == list(range(48))
+    for subset in slices:
+        assert np.bincount(y[subset]).tolist() == [4, 4, 4, 4]
+    first = [np.flatnonzero(y == c)[:4] for c in range(4)]
+    assert slices[0].tolist() == sorted(np.concatenate(first).tolist())
+    # A run trains on its slice and is also evaluated on the other 32.
+    _, _, heldout, info = accuracy.load_data(args, seed=4)
+    assert info["num_train_examples"] == 16
+    assert sum(int(b[1].shape[0]) for b in heldout) == 32
+    # Without --resample every seed trains on slice 0.
+    plain = parse(["--data", str(tiny_npz), "--train-examples", "16"])
+    assert accuracy.train_slice(plain, 4) == 0
+    with pytest.raises(SystemExit, match="--resample needs --train-examples"):
+        accuracy.main(
+            ["--data", str(tiny_npz), "--resample",
+             "--output", str(tmp_path / "a.json")]
+        )  # fmt: skip
+
+
+def test_paired_differences_and_t_interval():
+    accuracy = load_script("accuracy")
+    runs = [
+        {"method": "baseline", "seed": 0, "branch_accuracy": [0.60]},
+        {"method": "baseline", "seed": 1, "branch_accuracy": [0.62]},
+        {"method": "baseline", "seed": 2, "branch_accuracy": [0.58]},
+        {"method": "one", "seed": 0, "branch_accuracy": [0.60, 0.62],
+         "ensemble_accuracy": 0.63},
+        {"method": "one", "seed": 1, "branch_accuracy": [0.64, 0.64],
+         "ensemble_accuracy": 0.65},
+        {"method": "one", "seed": 2, "branch_accuracy": [0.61, 0.61],
+         "ensemble_accuracy": 0.62},
+        # Unpaired: no baseline of seed 3.
+        {"method": "one", "seed": 3, "branch_accuracy": [0.9, 0.9],
+         "ensemble_accuracy": 0.9},
+    ]  # fmt: skip
+    paired = accuracy.paired_differences(runs)["one"]
+    mean_branch = paired["mean_branch"]
+    # Differences 1, 2, 3 points: mean 2, std 1; t(0.975, 2 dof) = 4.3027.
+    assert mean_branch["seeds"] == [0, 1, 2]
+    np.testing.assert_allclose(mean_branch["differences"], [1, 2, 3])
+    np.testing.assert_allclose(mean_branch["std"], 1.0)
+    half = 4.302652729911275 / np.sqrt(3)
+    np.testing.assert_allclose(
+        mean_branch["t_interval_95"], [2 - half, 2 + half]
+    )
+    np.testing.assert_allclose(paired["ensemble"]["differences"], [3, 3, 4])
+    # No held-out images: no best branch picked on them, no held-out pairs.
+    assert "best_branch" not in paired
+    assert accuracy.paired_differences(runs, prefix="heldout_") == {}
+    assert "+2.00" in accuracy.format_paired({"one": paired})
