@@ -539,3 +539,30 @@ def test_paired_differences_and_t_interval():
     assert "best_branch" not in paired
     assert accuracy.paired_differences(runs, prefix="heldout_") == {}
     assert "+2.00" in accuracy.format_paired({"one": paired})
+
+
+def test_accelerator_speed_summary(tmp_path, capsys):
+    speed = load_script("accelerator_speed")
+    arguments = vars(speed.build_parser().parse_args(["--steps", "10"]))
+    arguments["batch_size"] = 100
+    # 1,000 images a window; ONE takes 2 s, then 2 s, 4 s ...
+    seconds = {
+        "one": [2.0, 2.0, 4.0, 2.0, 2.0, 2.0, 2.0],
+        "baseline": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    }
+    path = tmp_path / "speed.json"
+    path.write_text(
+        json.dumps(
+            {"arguments": arguments, "environment": {}, "seconds": seconds}
+        )
+    )
+    result = speed.main(["--summary", str(path)])
+    assert result["images_per_second"] == {"one": 500.0, "baseline": 1000.0}
+    assert result["time_ratios"] == {"ONE-3 : baseline": 2.0}
+    # Seven rounds: the sign test's 95% interval is the 1st to 7th value.
+    assert result["time_ratio_intervals_95"] == {"ONE-3 : baseline": [2, 4]}
+    # 300 epochs of 50,000 images at 500 images/s.
+    assert result["protocol_training_hours"]["one"] == 300 * 50000 / 500 / 3600
+    assert "ONE-3 : baseline (time): 2.000 (95% CI 2.000-4.000)" in (
+        capsys.readouterr().out
+    )
