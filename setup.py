@@ -17,6 +17,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_one", "keras_one.*"]),
+    # The `keras-one` entry point, outside the package: `--help` and bad
+    # flags answer without importing TensorFlow (see keras_one_cli.py).
+    py_modules=["keras_one_cli"],
     install_requires=[
         "keras>=3.12,<4",
         "numpy>=1.26",
@@ -49,7 +52,7 @@ setup(
         ],
         "docs": ["pdoc>=14"],
     },
-    entry_points={"console_scripts": ["keras-one=keras_one.cli:main"]},
+    entry_points={"console_scripts": ["keras-one=keras_one_cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Framework :: Keras",

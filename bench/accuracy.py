@@ -246,8 +246,9 @@ def load_data(args, seed, views=1, slice_index=None):
     )
     heldout_ds = None
     if len(rest):
+        # (Its training pipeline, over the subset, is not used.)
         _, heldout_ds, _ = data.load_arrays(
-            x_sub[:1], y_sub[:1], x_train[rest], y_train[rest],
+            x_sub, y_sub, x_train[rest], y_train[rest],
             batch_size=args.batch_size, views=views, **stats,
         )  # fmt: skip
     return train_ds, test_ds, heldout_ds, _info_dict(info)
@@ -278,7 +279,8 @@ def teacher_count(name, args):
 # Its bridge, a fresh ResNet stage, learns from three terms at full weight;
 # the loss of the labels alone trains it stably, and with the teacher's and
 # the student's terms added its logits blow up within 3 steps, at T = 4 and
-# at T = 1 (the official code gives the bridge half the learning rate).
+# at T = 1 (the official configuration trains the bridge at the student's
+# learning rate, 0.1, as here).
 RAMP_UP_TOO = ("sokd",)
 
 

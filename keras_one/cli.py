@@ -6,299 +6,111 @@ import json
 import os
 import shlex
 import sys
+import warnings
 
-DESCRIPTION = """\
-keras-one: online ensemble knowledge distillation (ONE and its family).
+import keras_one_cli
 
-With no arguments, `keras-one train` trains ONE (3 branches) and a
-single-branch baseline of the same network on scikit-learn's bundled
-handwritten digits (real data, no download), then prints the test accuracy
-of the baseline, of every branch and of the ensemble, and writes a results
-JSON, TensorBoard logs and a PNG of the learning curves.
-"""
-
-EPILOG = """\
-examples:
-  keras-one train                                  # ONE vs baseline, digits
-  keras-one train --dataset cifar10 --model resnet32 --epochs 300 \\
-      --schedule step --batch-size 128             # the paper's protocol
-  keras-one train --method okddip --branches 4     # another method
-  keras-one evaluate keras-one-runs/RUN/distiller.keras
-  keras-one export keras-one-runs/RUN/distiller.keras --branch 0 \\
-      --format tflite --output branch0.tflite
-  keras-one predict branch0.tflite my_images/      # top classes by name
-"""
-
-DATASET_HELP = (
-    "'digits' (bundled, no download), a tensorflow-datasets name (cifar10, "
-    "cifar100, svhn_cropped, imagenet2012), a class-per-folder image "
-    "directory, or an .npz file with x_train, y_train, x_test, y_test "
-    "(default: digits)"
-)
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
-    return value
+# The parser is defined in keras_one_cli, outside this package, so that
+# `keras-one --help` needs no TensorFlow; here it takes the live registry's
+# method names (methods registered at run time included).
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="keras-one",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    train = commands.add_parser(
-        "train",
-        help="train a method and a single-branch baseline",
-        description="Train a distillation method and, unless --no-baseline, "
-        "a single-branch baseline of the same network with the same recipe "
-        "(SGD, Nesterov momentum 0.9, cosine decay), then report test "
-        "accuracies. The run folder keeps a backup of the last epoch: "
-        "continue an interrupted run with --resume DIR.",
-    )
-    _add_train_arguments(train)
+    from keras_one import methods
 
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="test accuracy of a saved distiller or exported model",
-        description="Evaluate a saved Distiller (every branch and the "
-        "ensemble) or an exported plain Keras model on a dataset's test "
-        "split. Use the dataset the model was trained on: its "
-        "normalization is recomputed the same way.",
-    )
-    evaluate.add_argument("model_path", metavar="MODEL.keras")
-    _add_data_arguments(evaluate)
-    evaluate.add_argument(
-        "--batch-size", type=_positive_int, default=256, help="(default: 256)"
-    )
-    evaluate.add_argument(
-        "--output", metavar="RESULTS.json", help="also write the scores here"
-    )
-    _add_verbose_argument(evaluate)
-
-    export = commands.add_parser(
-        "export",
-        help="export one branch or the ensemble as a standalone model",
-        description="Export one branch (a compact model) or the ensemble of "
-        "a saved Distiller as a plain Keras model (.keras), a TensorFlow "
-        "SavedModel or a TFLite flatbuffer. The exported model maps the "
-        "dataset's raw images (e.g. 0-255 pixels; float32 input) to logits, "
-        "normalizing them itself (unless --no-preprocessing), and needs "
-        "nothing from keras-one. Its class names and preprocessing are "
-        "written beside it, in OUTPUT.json (keras_one.json inside a "
-        "SavedModel folder).",
-    )
-    export.add_argument("distiller_path", metavar="DISTILLER.keras")
-    export.add_argument(
-        "--branch",
-        default="0",
-        help="branch index, or 'ensemble' (default: 0); for PCL, the "
-        "temporal mean of that branch, the model it deploys",
-    )
-    export.add_argument(
-        "--format",
-        default="keras",
-        choices=("keras", "savedmodel", "tflite"),
-        help="(default: keras)",
-    )
-    export.add_argument(
-        "--output",
-        metavar="PATH",
-        help="output file or directory (default: next to the distiller, "
-        "e.g. distiller_branch0.keras)",
-    )
-    export.add_argument(
-        "--no-preprocessing",
-        action="store_true",
-        help="export the bare network, which takes normalized images (by "
-        "default the export takes raw images and normalizes them itself)",
-    )
-    export.add_argument(
-        "--dataset",
-        default=None,
-        help="the dataset the distiller was trained on, to read its "
-        "preprocessing and class names (default: from the results.json "
-        "beside the distiller)",
-    )
-    export.add_argument(
-        "--data-dir", help="tensorflow-datasets data directory (--dataset)"
-    )
-    export.add_argument(
-        "--manual-dir", help="manually downloaded archives (--dataset)"
-    )
-
-    predict = commands.add_parser(
-        "predict",
-        help="classify image files with an exported model",
-        description="Print the top classes, by name, of image files (.png, "
-        ".jpg, .jpeg, .bmp, .gif) or folders of them, with a model written "
-        "by `keras-one export` (.keras, SavedModel folder or .tflite) and "
-        "its sidecar (MODEL.json, or keras_one.json in a SavedModel "
-        "folder). Images are read as 8-bit files (0-255), converted to the "
-        "model's channels, resized to its input size and mapped to the "
-        "dataset's pixel range (0-255 → 0-raw_pixel_max of the sidecar's "
-        "preprocessing: 0-16 for the digits).",
-    )
-    predict.add_argument("model_path", metavar="MODEL")
-    predict.add_argument("paths", metavar="IMAGE_OR_FOLDER", nargs="+")
-    predict.add_argument(
-        "--top",
-        type=_positive_int,
-        default=3,
-        help="classes printed per image (default: 3)",
-    )
-    return parser
+    return keras_one_cli.build_parser(methods.names())
 
 
 def _add_train_arguments(train):
     from keras_one import methods
 
-    train.add_argument(
-        "--method",
-        default="one",
-        choices=methods.names(),
-        help="distillation method (default: one)",
-    )
-    _add_data_arguments(train)
-    train.add_argument(
-        "--model",
-        default=None,
-        help="network: resnet<depth>, depth 6n+2, e.g. resnet20, resnet32 "
-        "(default: resnet8 on digits, resnet32 otherwise)",
-    )
-    train.add_argument(
-        "--branches",
-        type=_positive_int,
-        default=None,
-        help="number of branches (default: the method's, 3 for ONE)",
-    )
-    train.add_argument(
-        "--epochs", type=_positive_int, default=30, help="(default: 30)"
-    )
-    train.add_argument(
-        "--batch-size", type=_positive_int, default=64, help="(default: 64)"
-    )
-    train.add_argument(
-        "--schedule",
-        default="cosine",
-        choices=("cosine", "step"),
-        help="learning-rate schedule: cosine decay to 0, or x0.1 at 50%% and "
-        "75%% of the epochs as in ONE's official code (default: cosine)",
-    )
-    train.add_argument(
-        "--learning-rate",
-        type=_positive_float,
-        default=0.1,
-        help="initial learning rate, decayed to 0 by a cosine (default: 0.1)",
-    )
-    train.add_argument(
-        "--weight-decay",
-        type=float,
-        default=5e-4,
-        help="coupled L2 weight decay (default: 5e-4)",
-    )
-    train.add_argument(
-        "--temperature",
-        type=_positive_float,
-        help="distillation temperature (default: the method's, 3 for ONE)",
-    )
-    train.add_argument(
-        "--rampup-epochs",
-        type=int,
-        help="epochs of the distillation weight ramp-up (default: the "
-        "method's fraction of --epochs from its paper, e.g. ONE's 80 of 300; "
-        "0 for methods without a ramp-up)",
-    )
-    train.add_argument(
-        "--teacher",
-        action="append",
-        metavar="PATH",
-        help="a pre-trained teacher .keras file, for methods with teachers "
-        "(repeat for several)",
-    )
-    train.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    train.add_argument(
-        "--output-dir",
-        default=None,
-        help="the run folder, for results.json, the models, curves, logs "
-        "and backups; new or empty unless --overwrite (default: a new "
-        "folder keras-one-runs/<method>-<dataset>-<time>)",
-    )
-    train.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="train in a non-empty --output-dir, replacing the files of the "
-        "keras-one run there (other files are kept)",
-    )
-    train.add_argument(
-        "--resume",
-        metavar="DIR",
-        help="continue the interrupted run in DIR from its last backup, "
-        "with the arguments it recorded in DIR/run.json (other flags must "
-        "agree with them; --verbose may change)",
-    )
-    train.add_argument(
-        "--no-baseline",
-        action="store_true",
-        help="skip the single-branch baseline",
-    )
-    _add_verbose_argument(train)
-
-
-def _add_data_arguments(parser):
-    parser.add_argument("--dataset", default="digits", help=DATASET_HELP)
-    parser.add_argument(
-        "--data-dir",
-        help="tensorflow-datasets data directory (prepared or downloaded "
-        "data; default: ~/tensorflow_datasets)",
-    )
-    parser.add_argument(
-        "--manual-dir",
-        help="directory holding manually downloaded archives (imagenet2012)",
-    )
-
-
-def _add_verbose_argument(parser):
-    parser.add_argument(
-        "--verbose",
-        type=int,
-        default=1,
-        choices=(0, 1, 2),
-        help="Keras verbosity: 1 progress bar, 2 one line per epoch, 0 quiet "
-        "(default: 1)",
-    )
+    keras_one_cli._add_train_arguments(train, methods.names())
 
 
 def _load_dataset(args, batch_size, augment=True, views=1):
     from keras_one import data
 
-    options = {"views": views} if views > 1 else {}
+    options = _data_options(args)
+    if views > 1:
+        options["views"] = views
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            loaded = data.load(
+                args.dataset,
+                batch_size=batch_size,
+                augment=augment,
+                seed=getattr(args, "seed", None),
+                **options,
+            )
+    except ConnectionError as error:  # a tfds dataset, offline
+        raise _offline(args, error) from None
+    except (ValueError, FileNotFoundError, TypeError, OSError) as error:
+        raise SystemExit(f"keras-one: error: {error}") from None
+    _print_warnings(caught)
+    return loaded
+
+
+def _data_options(args):
+    """The `keras_one.data.load` options of the data flags."""
+    options = {}
     if args.data_dir:
         options["data_dir"] = args.data_dir
     if args.manual_dir:
         options["manual_dir"] = args.manual_dir
-    try:
-        return data.load(
-            args.dataset,
-            batch_size=batch_size,
-            augment=augment,
-            seed=getattr(args, "seed", None),
-            **options,
+    if getattr(args, "image_size", None):
+        if not os.path.isdir(args.dataset):
+            raise _error(
+                "--image-size applies to an image-folder --dataset only "
+                f"({args.dataset} is not a folder): leave it out"
+            )
+        options["image_size"] = tuple(args.image_size)
+    return options
+
+
+_WARNED = set()
+
+
+def _print_warnings(caught):
+    """Prints the data's warnings (an empty class, mixed image sizes...) as
+    one `keras-one: warning:` line each, once per process."""
+    for warning in caught:
+        if not issubclass(warning.category, UserWarning):
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename,
+                warning.lineno,
+            )  # fmt: skip
+            continue
+        message = " ".join(str(warning.message).split()).replace(
+            "Pass image_size=(height, width) to choose.",
+            "Pass --image-size HEIGHT WIDTH to choose.",
         )
-    except (ValueError, FileNotFoundError, TypeError, OSError) as error:
-        raise SystemExit(f"keras-one: error: {error}") from None
+        if message not in _WARNED:
+            _WARNED.add(message)
+            print(f"keras-one: warning: {message}", file=sys.stderr)
+
+
+def _offline(args, error):
+    """The error of a tfds `--dataset` that cannot be downloaded."""
+    reason = str(error).split(" This machine looks offline")[0]
+    reason = reason.split(" to download the tensorflow-datasets")[0]
+    reason = " ".join(reason.split()).rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    if len(reason) > 240:
+        reason = reason[:237] + "..."
+    where = (
+        f"--data-dir {args.data_dir}"
+        if args.data_dir
+        else "the default --data-dir (~/tensorflow_datasets)"
+    )
+    return _error(
+        f"--dataset {args.dataset} is not prepared in {where} and cannot be "
+        f"downloaded, this machine looks offline ({reason}): pass --data-dir "
+        "DIR holding a prepared copy (run tfds.builder(NAME)."
+        "download_and_prepare() on a connected machine and copy "
+        "~/tensorflow_datasets/NAME), or another --dataset: a "
+        "class-per-folder image folder, an .npz file or digits"
+    )
 
 
 def _check_method_arguments(args):
@@ -353,18 +165,10 @@ def _check_method_arguments(args):
 
 
 def _load_teachers(args):
-    import keras
-
-    teachers = []
-    for path in args.teacher or []:
-        try:
-            teachers.append(keras.saving.load_model(path))
-        except Exception as error:
-            raise _error(
-                f"--teacher {path} cannot be loaded, the file may be "
-                f"damaged ({_one_line(error)})"
-            ) from None
-    return teachers
+    return [
+        _load_model(path, name=f"--teacher {path}")
+        for path in args.teacher or []
+    ]
 
 
 def _make_method(args, teachers=None):
@@ -566,6 +370,8 @@ def _train(args, run):
         rows.append(
             (f"{name} ensemble", f"{100 * scores['ensemble_accuracy']:.2f}")
         )
+    # Every value the run used, defaults resolved (ramp-up, versions, ...).
+    _record_resolved(results, args, info, method, distiller, train_ds)
     # The results first: they are written even when a model file cannot be.
     results_path = run.file("results.json")
     try:
@@ -611,16 +417,119 @@ def _train(args, run):
     return results
 
 
+def _record_resolved(results, args, info, method, distiller, train_ds):
+    """Adds to a run's `results` every value it used, defaults resolved.
+
+    `results["arguments"]` keeps the flags as given (`None` for a default);
+    here are the values they became: the data's source and augmentation,
+    the training recipe, the method's arguments (the ramp-up resolved from
+    its fraction of the epochs) and the library versions. The dataset's
+    normalization (mean, std, pixel scale) and class names are in
+    `results["dataset"]`.
+    """
+    dataset = results["dataset"]
+    dataset["source"] = _data_source(args)
+    dataset["train_augmentation"] = info.train_augmentation
+    try:
+        steps = len(train_ds)
+    except TypeError:  # unknown cardinality
+        steps = None
+    results["training"] = {
+        "model": args.model,
+        "num_branches": distiller.num_branches,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "steps_per_epoch": steps,
+        "seed": args.seed,
+        "optimizer": "SGD, Nesterov momentum 0.9",
+        "learning_rate": args.learning_rate,
+        "schedule": args.schedule,
+        "weight_decay": args.weight_decay,
+        "baseline": not args.no_baseline,
+    }
+    method_info = type(method).info
+    config = method.get_config()
+    for key in ("name", "trainable", "dtype"):  # the Keras layer's own
+        config.pop(key, None)
+    for key in ("teacher", "teachers"):  # the models: their files instead
+        if key in config:
+            teachers = list(args.teacher or [])
+            config[key] = teachers[0] if key == "teacher" else teachers
+    results["method"] = {
+        "name": method_info.name,
+        "class": f"{type(method).__module__}.{type(method).__qualname__}",
+        "rampup_epochs": method.rampup_epochs,
+        "rampup": (
+            "--rampup-epochs"
+            if args.rampup_epochs is not None
+            else f"the method's fraction {method_info.rampup_fraction} of "
+            f"--epochs {args.epochs}"
+        ),
+        "arguments": json.loads(json.dumps(config, default=str)),
+    }
+    results["versions"] = _versions(
+        with_tfds=dataset["source"]["kind"] == "tensorflow-datasets"
+    )
+
+
+def _data_source(args):
+    """Where `--dataset` was read from."""
+    name = args.dataset
+    if str(name).lower() == "digits":
+        return {"kind": "digits (scikit-learn, bundled)"}
+    if os.path.isdir(name):
+        return {"kind": "image folder", "path": os.path.abspath(name)}
+    if os.path.isfile(name):
+        return {"kind": "npz file", "path": os.path.abspath(name)}
+    data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR")
+    data_dir = data_dir or os.path.join("~", "tensorflow_datasets")
+    source = {
+        "kind": "tensorflow-datasets",
+        "data_dir": os.path.abspath(os.path.expanduser(data_dir)),
+    }
+    if args.manual_dir:
+        source["manual_dir"] = os.path.abspath(args.manual_dir)
+    return source
+
+
+def _versions(with_tfds=False):
+    """The versions of keras-one, Keras, its backend, NumPy and Python."""
+    import platform
+
+    import keras
+    import numpy as np
+
+    versions = {
+        "keras_one": _version(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    # TensorFlow runs the data pipelines; JAX or PyTorch the backend.
+    modules = ["tensorflow", versions["backend"]]
+    if with_tfds:
+        modules.append("tensorflow_datasets")
+    for module in modules:
+        if module in sys.modules and module not in versions:
+            versions[module] = getattr(sys.modules[module], "__version__", "")
+    return versions
+
+
 def _train_stage(run, name, train_function, recipe, **options):
     """Trains one stage (`train_baseline` or `train_distiller`) of `run`.
 
     The stage starts from its last backup if it has one, and backs up every
     epoch. Returns `(model, scores, stage)`; the scores' `history` and
     `train_seconds` cover every epoch, those before an interruption too.
+    A stage whose loss, inputs or weights turn NaN or infinite ends the
+    command with a one-line error: its model is not returned (so never
+    saved), and its backup keeps the last epoch that was finite.
     """
     import keras
 
     from keras_one import _run_folder
+    from keras_one import export
 
     run.started = True  # from here on, the folder is a run to resume
     stage = _run_folder.Stage(run.path, name)
@@ -639,9 +548,48 @@ def _train_stage(run, name, train_function, recipe, **options):
             f"{_one_line(error)}; the last backup is kept: "
             f"{run.resume_command()}"
         ) from None
+    except FloatingPointError as error:  # NaN or inf: see the Distiller
+        raise _nonfinite_stage(error, name, stage, recipe) from None
+    # Never saved as if good (the guard of `fit` should have stopped it).
+    bad = export.nonfinite_weights(model) if hasattr(model, "weights") else []
+    if bad:
+        raise _nonfinite_stage(
+            FloatingPointError(
+                f"the weights hold NaN or inf in {export.describe_weights(bad)}"
+            ),
+            name,
+            stage,
+            recipe,
+        )
     scores["history"] = stage.history()
     scores["train_seconds"] = stage.train_seconds()
     return model, scores, stage
+
+
+def _nonfinite_stage(error, name, stage, recipe):
+    """The one-line error of a stage stopped by NaN or inf (`error`)."""
+    summary = " ".join(getattr(error, "summary", str(error)).split())
+    if getattr(error, "inputs_at_fault", False):
+        fix = (
+            "repair or drop the images holding NaN or inf in --dataset "
+            f"{recipe['info'].name}"
+        )
+    else:
+        fix = (
+            "start a new run with a lower --learning-rate (this one: "
+            f"{recipe['learning_rate']:g})"
+        )
+    epochs = len(stage.epochs)
+    kept = (
+        f"its backup keeps the last finite epoch ({epochs})"
+        if epochs
+        else "no epoch of it had finished"
+    )
+    label = "the baseline" if name == "baseline" else f"--method {name}"
+    return _error(
+        f"training {label} stopped: {summary.rstrip('.')}. Nothing of it "
+        f"was saved ({kept}); {fix}"
+    )
 
 
 def _write_json(path, value):
@@ -992,11 +940,24 @@ class _FlagsGiven(argparse.ArgumentParser):
         )
 
 
-def _load_model(path):
+def _load_model(path, name=None):
+    """The Keras model saved at `path`, or a one-line error.
+
+    A damaged file (truncated, overwritten, not written by Keras) is named
+    as damaged, and a model whose weights hold NaN or inf (saved from a
+    diverged training) is refused: nothing evaluates, exports or predicts
+    with it. `name` is how messages call the file (default: its path).
+    """
+    import json
+    import zipfile
+    import zlib
+
     import keras
 
     import keras_one  # noqa: F401  (registers the Distiller for loading)
+    from keras_one import export as export_module
 
+    name = name or path
     if not os.path.exists(path):
         raise SystemExit(f"keras-one: error: no such file: {path}")
     if not path.endswith((".keras", ".h5", ".hdf5")):
@@ -1005,13 +966,90 @@ def _load_model(path):
             "reads saved Distillers and models exported with --format keras "
             "(SavedModel and TFLite exports run outside Keras)"
         )
-    return keras.saving.load_model(path)
+    again = "save (or export) the model again"
+    if path.endswith(".keras"):
+        damage = _keras_file_damage(path)
+        if damage:
+            raise _error(f"{name} is damaged: {damage}; {again}")
+    try:
+        model = keras.saving.load_model(path)
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        KeyError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        OSError,  # h5py: a truncated or corrupt weights file
+    ) as error:
+        raise _error(
+            f"{name} is damaged: Keras cannot read it ({_one_line(error)}); "
+            f"{again}"
+        ) from None
+    except Exception as error:
+        raise _error(f"{name} cannot be loaded ({_one_line(error)})") from None
+    bad = export_module.nonfinite_weights(model)
+    if bad:
+        raise _error(
+            f"{name} holds NaN or infinite values in "
+            f"{export_module.describe_weights(bad)}: it was saved from a "
+            "diverged training and predicts nothing; train it again (e.g. "
+            "keras-one train with a lower --learning-rate)"
+        )
+    return model
+
+
+def _keras_file_damage(path):
+    """What is wrong with the .keras zip archive at `path`, or `None`."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        size = os.path.getsize(path)
+        return (
+            f"it is not a zip archive, as a .keras file is ({size} bytes: "
+            "truncated, or not written by Keras)"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+            names = set(archive.namelist())
+    except Exception as error:  # zipfile raises many types
+        return f"its zip archive cannot be read ({_one_line(error)})"
+    if broken is not None:
+        return f"its member {broken} is corrupt (bad checksum)"
+    if "config.json" not in names:
+        return "it has no config.json"
+    if not names & {"model.weights.h5", "model.weights.npz"}:
+        return "it has no weights (model.weights.h5)"
+    return None
 
 
 def evaluate(args):
+    from keras_one import report
+
+    path = args.model_path
+    if os.path.isdir(path) or path.endswith(".tflite"):
+        scores, info = _evaluate_export(args)
+    else:
+        scores, info = _evaluate_keras(args)
+    rows = [
+        (name, f"{100 * value:.2f}")
+        for name, value in scores.items()
+        if name.endswith("accuracy")
+    ]
+    print(f"Test accuracy on {info.name}")
+    print(report.format_table(rows, ("output", "accuracy (%)")))
+    if args.output:
+        from keras_one import _atomic
+
+        _atomic.write_json(args.output, scores, indent=2)
+    return scores
+
+
+def _evaluate_keras(args):
+    """`(scores, info)` of a saved Distiller or a .keras export."""
     from keras_one import Distiller
     from keras_one import export as export_module
-    from keras_one import report
 
     model = _load_model(args.model_path)
     # A student (or an ensemble export) with one input per view (PCL) is
@@ -1037,34 +1075,78 @@ def evaluate(args):
             metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
         )
         scores = model.evaluate(test_ds, verbose=args.verbose, return_dict=True)
-    scores = {name: float(value) for name, value in scores.items()}
-    rows = [
-        (name, f"{100 * value:.2f}")
-        for name, value in scores.items()
-        if name.endswith("accuracy")
-    ]
-    print(f"Test accuracy on {info.name}")
-    print(report.format_table(rows, ("output", "accuracy (%)")))
-    if args.output:
-        from keras_one import _atomic
+    return {name: float(value) for name, value in scores.items()}, info
 
-        _atomic.write_json(args.output, scores, indent=2)
-    return scores
+
+def _evaluate_export(args):
+    """`(scores, info)` of a SavedModel folder or .tflite export.
+
+    Its sidecar says whether it takes the raw test images (it normalizes
+    them itself) or normalized ones. The accuracy is the one Keras reports
+    for the same model as .keras; `cross_entropy` is the test loss without
+    the weight-decay penalty that Keras' `loss` of a .keras model adds.
+    """
+    import numpy as np
+
+    from keras_one import export as export_module
+
+    path = args.model_path
+    try:
+        sidecar = export_module.read_sidecar(path)
+    except ValueError as error:
+        raise _error(str(error)) from None
+    if sidecar is None:
+        raise _error(
+            f"{path} has no sidecar ({export_module.sidecar_path(path)}) "
+            "saying whether it takes raw or normalized images: export it "
+            "again with keras-one export"
+        )
+    run_model, input_shape, _ = _load_export(path)
+    if sidecar.get("input") == "raw":
+        _, test_ds, info = _load_raw_test(args, args.batch_size)
+    else:
+        _, test_ds, info = _load_dataset(args, args.batch_size, augment=False)
+    shape = [None if d is None or int(d) < 0 else int(d) for d in input_shape]
+    if None not in shape and shape != list(info.input_shape):
+        raise _error(
+            f"{path} takes images of shape {shape}, but --dataset "
+            f"{args.dataset} has {list(info.input_shape)}: pass the dataset "
+            "the model was trained on with --dataset"
+        )
+    correct, total, loss = 0, 0, 0.0
+    for images, labels in test_ds.as_numpy_iterator():
+        logits = np.asarray(run_model(images.astype("float32")), "float64")
+        if logits.shape[-1] != info.num_classes:
+            raise _error(
+                f"{path} predicts {logits.shape[-1]} classes, but --dataset "
+                f"{args.dataset} has {info.num_classes}: pass the dataset "
+                "the model was trained on with --dataset"
+            )
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        log_probabilities = shifted - np.log(
+            np.exp(shifted).sum(axis=-1, keepdims=True)
+        )
+        labels = labels.astype("int64")
+        rows = np.arange(len(labels))
+        loss -= float(log_probabilities[rows, labels].sum())
+        correct += int((np.argmax(logits, axis=-1) == labels).sum())
+        total += len(labels)
+    if total == 0:
+        raise _error(f"--dataset {args.dataset} has no test images")
+    return {"accuracy": correct / total, "cross_entropy": loss / total}, info
 
 
 def _load_raw_test(args, batch_size):
     """`_load_dataset` of raw images: the input of exports that normalize."""
     from keras_one import data
 
-    options = {"raw": True}
-    if args.data_dir:
-        options["data_dir"] = args.data_dir
-    if args.manual_dir:
-        options["manual_dir"] = args.manual_dir
+    options = {"raw": True, **_data_options(args)}
     try:
         return data.load(
             args.dataset, batch_size=batch_size, augment=False, **options
         )
+    except ConnectionError as error:  # a tfds dataset, offline
+        raise _offline(args, error) from None
     except (ValueError, FileNotFoundError, TypeError, OSError) as error:
         raise _error(_one_line(error)) from None
 

@@ -12,6 +12,8 @@ import keras
 
 from keras_one import models
 from keras_one.distiller import Distiller
+from keras_one.distiller import _NonFiniteLossGuard
+from keras_one.distiller import nonfinite_error
 
 SCHEDULES = ("cosine", "step")
 
@@ -75,15 +77,75 @@ class _Timer(keras.callbacks.Callback):
 
 def _fit(model, train_ds, test_ds, epochs, verbose, callbacks):
     timer = _Timer()
+    callbacks = [*callbacks, timer]
+    if not isinstance(model, Distiller):
+        # The Distiller's `fit` puts the same guard first itself.
+        callbacks.insert(0, _NonFiniteLossGuard())
     history = model.fit(
         train_ds,
         validation_data=test_ds,
         epochs=epochs,
         verbose=verbose,
         shuffle=False,  # the datasets shuffle themselves
-        callbacks=list(callbacks) + [timer],
+        callbacks=callbacks,
     )
     return history.history, timer.seconds
+
+
+# Marks the error of `_finite_images`.
+_NONFINITE_IMAGES = "keras-one: the images of a batch hold NaN or inf"
+
+
+def _finite_images(dataset):
+    """`dataset` of `(images, labels)`, raising on NaN or infinite images.
+
+    The baseline is a plain Keras model, which has no check of its own:
+    the check runs in the input pipeline (one pass over each batch, beside
+    training). Datasets of integer images (which cannot hold NaN) and
+    other kinds of data are returned as they are.
+    """
+    import tensorflow as tf
+
+    spec = getattr(dataset, "element_spec", None)
+    if not isinstance(spec, tuple) or not any(
+        s.dtype.is_floating for s in tf.nest.flatten(spec[0])
+    ):
+        return dataset
+
+    def check(images, *rest):
+        images = tf.nest.map_structure(
+            lambda x: (
+                tf.debugging.check_numerics(x, _NONFINITE_IMAGES)
+                if x.dtype.is_floating
+                else x
+            ),
+            images,
+        )
+        return (images, *rest)
+
+    # (`map` keeps the dataset's length.)
+    return dataset.map(
+        check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
+def _raising_nonfinite_images(function, *args, **kwargs):
+    """`function(*args, **kwargs)`; `_finite_images`' error made clear."""
+    import tensorflow as tf
+
+    try:
+        return function(*args, **kwargs)
+    except tf.errors.InvalidArgumentError as error:
+        if _NONFINITE_IMAGES not in str(error):
+            raise
+    raise nonfinite_error(
+        "The images of a batch hold NaN or infinite values: the inputs are "
+        "at fault, not the training.",
+        "Check the data and drop or repair those examples "
+        "(np.isfinite(x).all(), or dataset.filter with "
+        "tf.reduce_all(tf.math.is_finite(images))), then train again.",
+        inputs_at_fault=True,
+    )
 
 
 def train_baseline(
@@ -117,6 +179,11 @@ def train_baseline(
     Returns:
         `(model, results)`: results hold the test `accuracy`, the epoch
         `history` and `train_seconds`.
+
+    Raises:
+        FloatingPointError: the images, the loss or the weights hold NaN
+            or inf (checked at every step, epoch end and evaluation, as
+            the Distiller's `fit` does); the message says which.
     """
     num_classes, input_shape = classes_and_shape(info)
     network = models.get(model)(
@@ -130,10 +197,22 @@ def train_baseline(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
-    history, seconds = _fit(
-        network, train_ds, test_ds, epochs, verbose, callbacks
+    # Built now, not in the first traced step (a slower first epoch; see
+    # `Distiller.compile`).
+    network.optimizer.build(network.trainable_variables)
+    # NaN or inf, in the images, the loss or the weights, stops training
+    # with a `FloatingPointError` (as the Distiller's guard does).
+    train_ds, test_ds = _finite_images(train_ds), _finite_images(test_ds)
+    history, seconds = _raising_nonfinite_images(
+        _fit, network, train_ds, test_ds, epochs, verbose, callbacks
     )
-    scores = network.evaluate(test_ds, verbose=0, return_dict=True)
+    scores = _raising_nonfinite_images(
+        network.evaluate,
+        test_ds,
+        verbose=0,
+        return_dict=True,
+        callbacks=[_NonFiniteLossGuard()],
+    )
     return network, {
         "accuracy": float(scores["accuracy"]),
         "history": history,

@@ -9,6 +9,55 @@ from keras_one.graph import used_inputs
 from keras_one.student_outputs import symbolic_io
 
 
+def nonfinite_weights(model):
+    """The paths of `model`'s weights that hold NaN or infinite values.
+
+    One reduction per weight on its device and one transfer of the
+    per-weight answers, so it is cheap enough for every epoch's end.
+
+    Args:
+        model: a Keras model (or layer).
+
+    Returns:
+        A list of weight paths (`"dense/kernel"`), empty when every weight
+        is finite.
+    """
+    variables = [
+        v for v in model.weights if keras.backend.is_float_dtype(v.dtype)
+    ]
+    if not variables:
+        return []
+    finite = keras.ops.convert_to_numpy(
+        keras.ops.stack(
+            [keras.ops.all(keras.ops.isfinite(v.value)) for v in variables]
+        )
+    )
+    return [v.path for v, ok in zip(variables, finite, strict=True) if not ok]
+
+
+def describe_weights(paths, limit=3):
+    """`'N weights (a, b, c, ...)'` for a list of weight paths."""
+    shown = ", ".join(paths[:limit]) + (", ..." if len(paths) > limit else "")
+    noun = "weight" if len(paths) == 1 else "weights"
+    return f"{len(paths)} {noun} ({shown})"
+
+
+def check_finite_weights(model, what="The model"):
+    """Raises a `ValueError` if a weight of `model` holds NaN or inf.
+
+    A model trained into NaN is never exported or saved as if it were
+    good.
+    """
+    bad = nonfinite_weights(model)
+    if bad:
+        raise ValueError(
+            f"{what} holds NaN or infinite values in {describe_weights(bad)}:"
+            " the training that produced it diverged, and it predicts "
+            "nothing. Train it again (lower the learning rate, add a "
+            "warm-up or clip gradients) or use an earlier saved model."
+        )
+
+
 def _expanded_call(layer, *args, **kwargs):
     if _has_plain_form(layer):
         return layer.expand(*args, **kwargs)
@@ -64,6 +113,10 @@ def plain_keras_model(model, select, name):
 
     Returns:
         A functional `keras.Model` that needs nothing from keras_one.
+
+    Raises:
+        ValueError: a weight of the exported part holds NaN or inf (the
+            training diverged): such a model is never exported.
     """
     if symbolic_io(model) is None:
         raise ValueError(
@@ -80,6 +133,7 @@ def plain_keras_model(model, select, name):
     selected = select(outputs)
     # A branch of a multi-view network reads its own view only.
     plain = keras.Model(used_inputs(inputs, selected), selected, name=name)
+    check_finite_weights(plain, f"The model to export, {name},")
     leftovers = sorted(
         {layer.name for layer in _all_layers(plain) if _is_keras_one(layer)}
     )
@@ -135,8 +189,12 @@ def with_preprocessing(model, preprocessing, name=None):
 
     Returns:
         A functional `keras.Model`.
+
+    Raises:
+        ValueError: a weight of `model` holds NaN or inf.
     """
     preprocessing = preprocessing_of(preprocessing)
+    check_finite_weights(model, f"The model to export, {model.name},")
     shape = tuple(int(d) for d in preprocessing["input_shape"])
     for tensor in model.inputs:
         if tuple(tensor.shape[1:]) != shape:

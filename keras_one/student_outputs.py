@@ -18,8 +18,12 @@ def symbolic_io(model):
 
     Works for functional models (keeping their input/output structure) and
     for Sequential models built with an input shape; returns `None` for
-    subclassed or unbuilt models.
+    subclassed or unbuilt models (a subclassed model called on symbolic
+    inputs has an `input` and an `output`, but no graph to clone).
     """
+    functional = hasattr(model, "operations")
+    if not (functional or isinstance(model, keras.Sequential)):
+        return None
     try:
         return model.input, model.output
     except (AttributeError, ValueError):
@@ -63,8 +67,10 @@ def check_logits(outputs, model=None):
     """Raises a clear error unless all logits are `(batch, C)` of one `C`.
 
     With the functional `model` that computed `outputs`, it also refuses
-    outputs that a softmax or sigmoid produced (probabilities, not logits),
-    where the producing layer can be found (`keras_one.graph`).
+    outputs that a softmax or sigmoid produced (probabilities, not logits):
+    a `Softmax` layer, a layer with `activation="softmax"` (or sigmoid),
+    or a `keras.ops.softmax` (or sigmoid) call in the graph, where the
+    producer can be found (`keras_one.graph`).
     """
     logits = list(outputs["branch_logits"])
     if "ensemble_logits" in outputs:
@@ -78,13 +84,47 @@ def check_logits(outputs, model=None):
         )
     for z in logits:
         operation = find_producer(z, model) if model is not None else None
-        activation = getattr(operation, "activation", None)
-        activation = getattr(activation, "__name__", activation)
-        is_softmax = isinstance(operation, keras.layers.Softmax)
-        if is_softmax or activation in ("softmax", "sigmoid"):
-            raise ValueError(
-                f"The student's output from layer '{operation.name}' is a "
-                "probability, not logits. Distillation needs logits: build "
-                "the last layer with activation=None (for keras.applications "
-                "models, classifier_activation=None)."
+        if operation is None or not _makes_probabilities(operation):
+            continue
+        if isinstance(operation, keras.Layer):
+            source = f"layer '{operation.name}'"
+        else:
+            source = (
+                f"operation '{operation.name}' (keras.ops."
+                f"{_OPERATIONS[type(operation).__name__]})"
             )
+        raise ValueError(
+            f"The student's output from {source} is a probability, not "
+            "logits. Distillation needs logits: build the last layer with "
+            "activation=None (for keras.applications models, "
+            "classifier_activation=None) and return its output without a "
+            "softmax or sigmoid."
+        )
+
+
+# Activations, and `keras.ops` operations (by class name), whose outputs
+# are probabilities.
+_ACTIVATIONS = ("softmax", "sigmoid", "hard_sigmoid", "sparsemax")
+_OPERATIONS = {
+    "Softmax": "softmax",
+    "Sigmoid": "sigmoid",
+    "HardSigmoid": "hard_sigmoid",
+    "Sparsemax": "sparsemax",
+}
+
+
+def _makes_probabilities(operation):
+    """Whether a layer or `keras.ops` operation outputs probabilities.
+
+    A `keras.layers.Softmax`, a layer with a softmax-like `activation`, or
+    a `keras.ops.softmax` (`sigmoid`, ...) call of a functional graph,
+    which appears there as an operation of class `Softmax` (`Sigmoid`,
+    ...) on Keras 3.12 to 3.15.
+    """
+    if isinstance(operation, keras.layers.Softmax):
+        return True
+    if not isinstance(operation, keras.Layer):
+        return type(operation).__name__ in _OPERATIONS
+    activation = getattr(operation, "activation", None)
+    activation = getattr(activation, "__name__", activation)
+    return activation in _ACTIVATIONS

@@ -59,7 +59,7 @@ def refused(argv, folder):
         ),
         (["--method", "kd", "--teacher", "{missing}"], "no such file"),
         (["--method", "kd", "--teacher", "{text}"], "is not a .keras file"),
-        (["--method", "kd", "--teacher", "{damaged}"], "may be damaged"),
+        (["--method", "kd", "--teacher", "{damaged}"], "is damaged"),
         (
             ["--method", "kd", "--teacher", "{four_classes}"],
             "predicts 4 classes but --dataset digits has 10",

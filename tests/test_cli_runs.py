@@ -206,6 +206,8 @@ def test_a_failed_model_save_leaves_complete_results(tmp_path, monkeypatch):
     folder = tmp_path / "run"
 
     class FullDisk:
+        num_branches = 3
+
         def save(self, path):
             with open(path, "wb") as file:
                 file.write(b"PK\x03\x04 half a zip")

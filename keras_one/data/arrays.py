@@ -2,6 +2,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_one.data import _augment
+from keras_one.data import _checks
 from keras_one.data import _pipeline
 from keras_one.data.dataset_info import DatasetInfo
 
@@ -36,9 +37,11 @@ def load_arrays(
 
     Args:
         x_train: training images.
-        y_train: integer class labels, shape `(n,)` or `(n, 1)`.
+        y_train: training labels: class indices `(n,)` or `(n, 1)`
+            (integers, or whole floats such as `2.0`), one-hot rows
+            `(n, classes)`, or class names (strings); see "Labels" below.
         x_test: test images, of the same height, width and channels.
-        y_test: test labels.
+        y_test: test labels, given the same way.
         batch_size: examples per batch.
         augment: `True` for the default augmentation (pad-crop-flip, a
             torchvision `RandomCrop(size, padding=size // 8)` plus a
@@ -50,7 +53,9 @@ def load_arrays(
             the per-channel standard deviation.
         seed: seed of the shuffling and of the augmentation: the same seed
             gives the same batches. `None` uses the global seed.
-        class_names: names of the classes; defaults to `"0"`, `"1"`, ...
+        class_names: names of the classes, one per class in label order;
+            it sets the number of classes. Defaults to `"0"`, `"1"`, ...
+            (or to the sorted string labels).
         name: name of the dataset, for `info.name`.
         mean: per-channel mean (in [0, 1] units) to use instead of the
             training images' own.
@@ -74,26 +79,108 @@ def load_arrays(
         `(images, labels)` batches (float32 images, int32 labels) and a
         `keras_one.data.DatasetInfo`.
 
+    Raises:
+        ValueError: for data that would train the wrong model, naming the
+            split, the index and the fix (below), before anything trains.
+
+    Labels are read as follows, the same way for both splits:
+
+    - Class indices `0..K-1`. Without `class_names` there are
+      `max + 1` classes; labels that never use 0 (`1..N`) are refused
+      (subtract 1), never shifted. With `class_names` there are
+      `len(class_names)` classes and a label outside them is refused
+      (naming the first such index). Negative labels, and floats that are
+      not whole numbers, NaN or infinite, are refused.
+    - One-hot rows `(n, classes)`: their argmax; the number of columns is
+      the number of classes. Rows that are not one-hot (soft targets,
+      multi-label) are refused.
+    - Strings (e.g. `["cat", "dog", ...]`): class names. With
+      `class_names` they index into it; else the classes are the sorted
+      distinct training labels (numerically when all are integers), and a
+      test label that no training example has is refused.
+    - A single class, or training examples of a single class, is refused
+      (classification needs at least 2); a class without training
+      examples gives a `UserWarning` naming it.
+
+    Float images with NaN or infinite pixels are refused, naming the split
+    and the first such image.
+
     Example:
 
     >>> x = np.random.randint(0, 256, (64, 32, 32, 3), dtype="uint8")
-    >>> y = np.random.randint(0, 10, 64)
+    >>> y = np.arange(64) % 10
     >>> train_ds, test_ds, info = load_arrays(x, y, x[:16], y[:16])
     >>> info.input_shape
     (32, 32, 3)
     """
+    return build_pipelines(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        batch_size=batch_size,
+        augment=augment,
+        normalize=normalize,
+        seed=seed,
+        class_names=class_names,
+        name=name,
+        mean=mean,
+        std=std,
+        shuffle_buffer=shuffle_buffer,
+        views=views,
+        pixel_scale=pixel_scale,
+        raw=raw,
+    )
+
+
+def build_pipelines(
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    splits=("train", "test"),
+    source=None,
+    *,
+    batch_size=128,
+    augment=True,
+    normalize=True,
+    seed=None,
+    class_names=None,
+    name="arrays",
+    mean=None,
+    std=None,
+    shuffle_buffer=None,
+    views=1,
+    pixel_scale=None,
+    raw=False,
+):
+    """`load_arrays` with the names its messages use.
+
+    `splits` is `(train_split, test_split)`: messages name the arrays
+    `x_<split>` and `y_<split>`; `source` is the file they come from. The
+    other arguments are those of `load_arrays`.
+    """
     _pipeline.check_batch_size(batch_size)
     _pipeline.check_views(views)
-    x_train, y_train = _check_split(x_train, y_train, "train")
-    x_test, y_test = _check_split(x_test, y_test, "test")
+    prefix = f"{source}: " if source else ""
+    x_train, y_train = _check_split(x_train, y_train, splits[0], prefix)
+    x_test, y_test = _check_split(x_test, y_test, splits[1], prefix)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(
-            f"Training images have shape {x_train.shape[1:]} but test images "
+            f"{prefix}training images (x_{splits[0]}) have shape "
+            f"{x_train.shape[1:]} but test images (x_{splits[1]}) "
             f"{x_test.shape[1:]}: both splits need the same image shape."
         )
-    num_classes = _num_classes(y_train, y_test, class_names)
-    if class_names is None:
-        class_names = [str(i) for i in range(num_classes)]
+    y_train, y_test, class_names = _checks.encode_labels(
+        y_train,
+        y_test,
+        class_names,
+        splits=(f"y_{splits[0]}", f"y_{splits[1]}"),
+        source=source,
+    )
+    num_classes = len(class_names)
+    _checks.check_finite(x_train, f"x_{splits[0]}", source)
+    _checks.check_finite(x_test, f"x_{splits[1]}", source)
     input_shape = tuple(int(d) for d in x_train.shape[1:])
     if pixel_scale is None:
         pixel_scale = 1.0 / 255.0 if x_train.dtype == np.uint8 else 1.0
@@ -142,7 +229,7 @@ def load_arrays(
         name=name,
         num_classes=num_classes,
         input_shape=input_shape,
-        class_names=tuple(str(c) for c in class_names),
+        class_names=class_names,
         num_train_examples=len(x_train),
         num_test_examples=len(x_test),
         mean=mean,
@@ -155,56 +242,25 @@ def load_arrays(
     return train_ds, test_ds, info
 
 
-def _check_split(x, y, split):
+def _check_split(x, y, split, prefix):
+    """The images as `(n, height, width, channels)`; `y` as an array."""
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
         raise ValueError(
-            f"x_{split} must hold images of shape (n, height, width, "
+            f"{prefix}x_{split} must hold images of shape (n, height, width, "
             f"channels) or (n, height, width); got shape {x.shape}."
-        )
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        hint = (
-            " They look one-hot encoded: pass np.argmax(y, axis=-1)."
-            if y.ndim == 2
-            else ""
-        )
-        raise ValueError(
-            f"y_{split} must hold integer class indices of shape (n,) or "
-            f"(n, 1); got shape {y.shape}.{hint}"
         )
     if len(x) != len(y):
         raise ValueError(
-            f"x_{split} has {len(x)} images but y_{split} {len(y)} labels."
+            f"{prefix}x_{split} has {len(x)} images but y_{split} {len(y)} "
+            "labels."
         )
     if not len(x):
-        raise ValueError(f"The {split} split is empty.")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.mod(y, 1) == 0):
-            raise ValueError(
-                f"y_{split} must hold integer class indices; got values "
-                f"such as {y[np.mod(y, 1) != 0][:3]}."
-            )
-    y = y.astype("int32")
-    if y.min() < 0:
-        raise ValueError(f"y_{split} has negative labels ({y.min()}).")
+        raise ValueError(f"{prefix}the {split} split is empty.")
     return x, y
-
-
-def _num_classes(y_train, y_test, class_names):
-    largest = int(max(y_train.max(), y_test.max()))
-    if class_names is None:
-        return largest + 1
-    if largest >= len(class_names):
-        raise ValueError(
-            f"Labels go up to {largest} but only {len(class_names)} class "
-            "names were given: pass one name per class."
-        )
-    return len(class_names)
 
 
 def _array_stats(x, pixel_scale, chunk=4096):

@@ -15,7 +15,9 @@ class DatasetInfo:
 
     Args:
         name: the dataset's name (tfds name, folder or file name).
-        num_classes: number of classes.
+        num_classes: number of classes: the model's outputs. Every label
+            of the pipelines is below it, and it equals
+            `len(class_names)`.
         input_shape: `(height, width, channels)` of the pipeline's images.
         class_names: one name per class, in label order.
         num_train_examples: size of the training split, or `None` if
@@ -52,6 +54,13 @@ class DatasetInfo:
     preprocessing: dict | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
+
+    def __post_init__(self):
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"DatasetInfo of {self.name!r}: {self.num_classes} classes "
+                f"but {len(self.class_names)} class names; they must agree."
+            )
 
     def normalization_layer(self, name="normalization"):
         """A Keras layer applying the pipelines' normalization.

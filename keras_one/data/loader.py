@@ -41,6 +41,17 @@ def load(
     - an `.npz` file with `x_train`, `y_train`, `x_test`, `y_test`
       (`keras_one.data.load_npz`).
 
+    Data is read as the user means it or refused before anything trains,
+    with a `ValueError` naming the file, folder or index and the fix:
+    labels outside the classes, labels counted from 1, a single class,
+    NaN or infinite pixels, an empty class folder are refused; string and
+    one-hot labels become class indices; `train/`, `val/` (or `test/`)
+    subfolders are splits, not classes; images of mixed sizes or channels
+    are converted; a class without training examples is warned about. The
+    rules are those of `keras_one.data.load_arrays` (arrays, `.npz`) and
+    `keras_one.data.load_image_folder`. `info.num_classes` is always
+    `len(info.class_names)`, and every label is below it.
+
     The training pipeline shuffles, augments and normalizes in a parallel
     `tf.data` map and prefetches; the test pipeline only normalizes. With
     a `seed`, the batches (order and augmentation) are the same on every

@@ -4,6 +4,7 @@ import urllib.error
 import tensorflow as tf
 
 from keras_one.data import _augment
+from keras_one.data import _checks
 from keras_one.data import _pipeline
 from keras_one.data.dataset_info import DatasetInfo
 
@@ -88,6 +89,13 @@ def load_tfds(
     the default augmentation of `keras_one.data.load_arrays` and
     normalization by the statistics of their first 5,000 training images.
 
+    The classes are those of the dataset's `label` feature (`num_classes`,
+    `names`); a dataset whose label is not a tfds `ClassLabel`, or has
+    fewer than 2 classes, is refused with a `ValueError`. Each label is
+    checked against the classes as the pipelines read it (no scan before
+    training): a label outside them stops the pipeline with an
+    `InvalidArgumentError` naming the dataset.
+
     When the data cannot be downloaded (no network), a `ConnectionError`
     says how to point at local files instead.
 
@@ -164,6 +172,7 @@ def load_tfds(
             f"{sorted(features)}): keras_one.data loads image classification "
             "datasets only."
         )
+    num_classes, class_names = _classes(key, features["label"])
     train_split, test_split = (
         split
         or (preset.split if preset else None)
@@ -204,7 +213,10 @@ def load_tfds(
             read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
         )
         return dataset.map(
-            lambda example: (example["image"], example["label"]),
+            lambda example: (
+                example["image"],
+                _checked_label(example["label"], num_classes, key),
+            ),
             num_parallel_calls=_pipeline.AUTOTUNE,
         )
 
@@ -285,9 +297,9 @@ def load_tfds(
     )
     info = DatasetInfo(
         name=key,
-        num_classes=int(features["label"].num_classes),
+        num_classes=num_classes,
         input_shape=input_shape,
-        class_names=tuple(features["label"].names),
+        class_names=class_names,
         num_train_examples=num_train,
         num_test_examples=num_test,
         mean=mean,
@@ -302,6 +314,45 @@ def load_tfds(
         ),
     )
     return train_ds, test_ds, info
+
+
+def _classes(name, label):
+    """`(num_classes, class_names)` of a tfds `label` feature; refuses
+    labels that are not a `ClassLabel` of at least 2 classes."""
+    num_classes = getattr(label, "num_classes", None)
+    if not num_classes:
+        raise ValueError(
+            f"{name!r} has a `label` feature of type {type(label).__name__}, "
+            "not a ClassLabel with a number of classes: keras_one.data loads "
+            "image classification datasets only."
+        )
+    if int(num_classes) < _checks.MIN_CLASSES:
+        raise ValueError(
+            f"{name!r} has {num_classes} class: classification needs at "
+            "least 2 classes."
+        )
+    return int(num_classes), tuple(str(n) for n in label.names)
+
+
+def _checked_label(label, num_classes, name):
+    """`label`, failing the pipeline if it is not in `0..num_classes-1`.
+
+    tfds' `ClassLabel` already keeps labels in range when it prepares a
+    dataset; this costs two comparisons per example, and keeps a damaged
+    or hand-made copy from training silently on a wrong label.
+    """
+    checks = [
+        tf.debugging.assert_non_negative(
+            label, message=f"{name}: a label is negative"
+        ),
+        tf.debugging.assert_less(
+            label,
+            tf.constant(num_classes, label.dtype),
+            message=f"{name}: a label is not below its {num_classes} classes",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(label)
 
 
 def _to_float(image):
@@ -369,6 +420,21 @@ def _prepare(builder, name, data_dir, manual_dir, download):
             f"{name!r} is not prepared in {where} and download=False. "
             + _local_options(name)
         )
+    # Offline, tfds retries each download for minutes: ask in seconds first.
+    from keras_one.data import _network
+
+    host = (
+        None
+        if _mocked(builder)
+        else _network.unreachable(_network.download_urls(builder))
+    )
+    if host is not None:
+        raise ConnectionError(
+            f"Could not reach {host} to download the tensorflow-datasets "
+            f"dataset {name!r}; it is not prepared in {where}. This machine "
+            "looks offline, or cannot reach the download server. "
+            + _local_options(name)
+        )
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
         builder.download_and_prepare(download_config=config)
@@ -408,3 +474,11 @@ def _local_options(name):
         "(keras_one.data.load('/path/to/data.npz')), or the bundled "
         "keras_one.data.load('digits')."
     )
+
+
+def _mocked(builder):
+    """Whether `tfds.testing.mock_data` stands in for the download (then
+    `download_and_prepare` is its function, and needs no network)."""
+    prepare = getattr(type(builder), "download_and_prepare", None)
+    module = getattr(prepare, "__module__", "") or ""
+    return module.startswith("tensorflow_datasets.testing")

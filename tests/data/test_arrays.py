@@ -162,7 +162,7 @@ def test_explicit_policy_and_large_images_default():
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda a: (a[0], np.eye(4)[a[1]], a[2], a[3]), "one-hot"),
+        (lambda a: (a[0], np.eye(4)[a[1]] / 2, a[2], a[3]), "not one-hot"),
         (lambda a: (a[0], a[1][:5], a[2], a[3]), "40 images but y_train 5"),
         (lambda a: (a[0], a[1], a[2][:, :4], a[3]), "same image shape"),
         (lambda a: (a[0][..., 0, 0], a[1], a[2], a[3]), "channels"),
