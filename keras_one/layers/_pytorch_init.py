@@ -13,7 +13,6 @@ training (tests/backends/test_jax_data_parallel.py, Keras 3.15.1; the
 cause is not found yet), where a zero bias keeps the two equal.
 """
 
-
 import keras
 
 

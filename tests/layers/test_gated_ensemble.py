@@ -86,7 +86,8 @@ def test_gate_learns(gradients):
         return ops.mean(ensemble[:, 0])
 
     weights = layer.trainable_weights
-    grads = dict(zip([w.path for w in weights], gradients(loss, weights)))
+    paths = [w.path for w in weights]
+    grads = dict(zip(paths, gradients(loss, weights), strict=True))
     # The gate Dense's bias feeds a training-mode BatchNorm, which subtracts
     # the batch mean: its gradient is zero up to round-off (exactly zero on
     # some backends). Every other weight learns.
