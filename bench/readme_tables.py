@@ -27,6 +27,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -213,11 +214,23 @@ def main(argv=None):
         print(f"### {path}\n")
         if "runs" in results:
             print(accuracy_tables(results))
+        elif "environment" in results:  # bench/accelerator_speed.py's
+            _accelerator_speed().main(["--summary", path])
         elif "images_per_second" in results:
             print(throughput_tables(results))
         else:
             raise SystemExit(f"{path}: not a benchmark result file")
         print()
+
+
+def _accelerator_speed():
+    """`bench/accelerator_speed.py`, imported from this script's directory."""
+    directory = os.path.dirname(os.path.abspath(__file__))
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    import accelerator_speed
+
+    return accelerator_speed
 
 
 if __name__ == "__main__":

@@ -566,3 +566,6 @@ def test_accelerator_speed_summary(tmp_path, capsys):
     assert "ONE-3 : baseline (time): 2.000 (95% CI 2.000-4.000)" in (
         capsys.readouterr().out
     )
+    # bench/readme_tables.py prints it too.
+    load_script("readme_tables").main([str(path)])
+    assert "(95% CI 2.000-4.000)" in capsys.readouterr().out
