@@ -1499,6 +1499,12 @@ def main(argv=None):
         parser.print_help()
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # tensorflow-datasets logs through absl at WARNING level (e.g. "Variant
+    # folder ... has no dataset_info.json" for a data_dir it has not
+    # prepared); the command reports what matters itself, in one line.
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
     if args.command == "train" and args.resume is not None:
         args = _resume_arguments(args, sys.argv[1:] if argv is None else argv)
     command = {
