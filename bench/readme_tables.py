@@ -27,7 +27,6 @@ import argparse
 import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -51,19 +50,12 @@ def _format_gains(gains):
     return f"{np.mean(gains):+.2f} ± {np.std(gains, ddof=1):.2f}"
 
 
-def _paired_gain(runs, name, key, reference):
-    """`name`'s mean branch minus `reference`'s, seed by seed."""
-    by_seed = {}
-    for run in runs:
-        if key in run:
-            by_seed.setdefault(run["seed"], {})[run["method"]] = run
-    return _format_gains(
-        [
-            100 * (np.mean(pair[name][key]) - np.mean(pair[reference][key]))
-            for pair in by_seed.values()
-            if name in pair and reference in pair
-        ]
-    )
+def _paired_gain(runs, name, prefix):
+    """`name`'s mean branch minus the baseline's, seed by seed (as
+    `bench/accuracy.py` pairs them)."""
+    paired = _script("accuracy").paired_differences(runs, prefix=prefix)
+    entry = paired.get(name, {}).get("mean_branch")
+    return _format_gains(entry["differences"] if entry else [])
 
 
 def _ensemble_gain(runs, name, prefix):
@@ -83,15 +75,20 @@ def _ensemble_gain(runs, name, prefix):
     )
 
 
-def _summarize(runs):
-    """`bench/accuracy.py`'s summary of `runs`, loaded from its file."""
-    path = os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "accuracy.py"
-    )
-    spec = importlib.util.spec_from_file_location("bench_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.summarize(runs)
+def _script(name):
+    """`bench/<name>.py`, loaded from its file (once)."""
+    if name not in _SCRIPTS:
+        path = os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), f"{name}.py"
+        )
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[name] = module
+    return _SCRIPTS[name]
+
+
+_SCRIPTS = {}
 
 
 def _best_cell(entry, prefix):
@@ -106,7 +103,7 @@ def _best_cell(entry, prefix):
 def accuracy_tables(results):
     protocol = results["protocol"]
     runs = results["runs"]
-    summary = _summarize(runs)
+    summary = _script("accuracy").summarize(runs)
     lines = [
         "Best branch: picked on the other set (test: the branch best on "
         "the held-out images), scored on this one.",
@@ -122,12 +119,7 @@ def accuracy_tables(results):
         for prefix, split in (("", "test"), ("heldout_", "held-out")):
             if f"{prefix}mean_branch" not in entry:
                 continue
-            key = f"{prefix}branch_accuracy"
-            gain = (
-                "-"
-                if name == BASELINE
-                else _paired_gain(runs, name, key, BASELINE)
-            )
+            gain = "-" if name == BASELINE else _paired_gain(runs, name, prefix)
             seconds = entry["train_seconds"]["mean"] if not prefix else None
             lines.append(
                 f"| {name} | {len(entry['seeds'])} | {split} "
@@ -215,22 +207,12 @@ def main(argv=None):
         if "runs" in results:
             print(accuracy_tables(results))
         elif "environment" in results:  # bench/accelerator_speed.py's
-            _accelerator_speed().main(["--summary", path])
+            _script("accelerator_speed").main(["--summary", path])
         elif "images_per_second" in results:
             print(throughput_tables(results))
         else:
             raise SystemExit(f"{path}: not a benchmark result file")
         print()
-
-
-def _accelerator_speed():
-    """`bench/accelerator_speed.py`, imported from this script's directory."""
-    directory = os.path.dirname(os.path.abspath(__file__))
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    import accelerator_speed
-
-    return accelerator_speed
 
 
 if __name__ == "__main__":
