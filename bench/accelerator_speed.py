@@ -246,6 +246,11 @@ def main(argv=None):
     if args.summary:
         with open(args.summary) as file:
             saved = json.load(file)
+        if not {"arguments", "environment", "seconds"} <= set(saved):
+            raise SystemExit(
+                f"{args.summary} is not a result of this script (written by "
+                "--output); give one of those to --summary."
+            )
         saved_args = argparse.Namespace(**saved["arguments"])
         saved.update(summarize(saved["seconds"], saved_args))
         print_summary(saved)

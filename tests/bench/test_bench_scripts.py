@@ -566,6 +566,11 @@ def test_accelerator_speed_summary(tmp_path, capsys):
     assert "ONE-3 : baseline (time): 2.000 (95% CI 2.000-4.000)" in (
         capsys.readouterr().out
     )
+    # Another file is refused in one line.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"runs": []}))
+    with pytest.raises(SystemExit, match="not a result of this script"):
+        speed.main(["--summary", str(other)])
     # bench/readme_tables.py prints it too.
     load_script("readme_tables").main([str(path)])
     assert "(95% CI 2.000-4.000)" in capsys.readouterr().out
