@@ -81,10 +81,7 @@ def _print_warnings(caught):
                 warning.lineno,
             )  # fmt: skip
             continue
-        message = " ".join(str(warning.message).split()).replace(
-            "Pass image_size=(height, width) to choose.",
-            "Pass --image-size HEIGHT WIDTH to choose.",
-        )
+        message = " ".join(str(warning.message).split())
         if message not in _WARNED:
             _WARNED.add(message)
             print(f"keras-one: warning: {message}", file=sys.stderr)

@@ -440,8 +440,8 @@ def _common_size(shapes, sample, root):
             f"{size[0]}x{size[1]}, {_relative(sample[other], root)!r} "
             f"{sizes[other][0]}x{sizes[other][1]}): all are resized to "
             f"{size[0]}x{size[1]} (height x width, the most common size; "
-            "stretched, not cropped). Pass image_size=(height, width) to "
-            "choose."
+            "stretched, not cropped). Pass image_size=(height, width) "
+            "(keras-one: --image-size HEIGHT WIDTH) to choose."
         )
     return size
 

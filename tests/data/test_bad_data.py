@@ -597,7 +597,7 @@ def test_the_command_names_its_image_size_flag(tmp_path, capsys):
     cli._load_dataset(args, batch_size=2)
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "differ in size" in line
-    assert line.endswith("Pass --image-size HEIGHT WIDTH to choose.")
+    assert line.endswith("(keras-one: --image-size HEIGHT WIDTH) to choose.")
     args = parse(
         ["train", "--dataset", str(tmp_path), "--image-size", "4", "5"]
     )
