@@ -17,6 +17,10 @@ CIFAR), training only, not counting the input pipeline or evaluation.
 
     KERAS_BACKEND=jax python bench/accelerator_speed.py --output speed.json
 
+The result file records the backend, the device and the host: its CPU
+model, core count and the CPUs the process may use, and on PyTorch its
+thread counts (`bench/machine_info.py`).
+
 `--summary FILE` prints the summary of a saved result again (it needs
 neither Keras nor the accelerator), with each ratio's 95% confidence
 interval for the median (the sign test's, as in `bench/throughput.py`).
@@ -158,6 +162,9 @@ def build_variant(name, args):
 
 
 def _environment():
+    """The backend, the libraries, the device and the host: its CPU model,
+    core count and the CPUs this process may use (`bench/machine_info.py`),
+    and on PyTorch its thread counts."""
     import keras
     import numpy as np
 
@@ -166,6 +173,7 @@ def _environment():
         "keras": keras.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        **_machine_info().host(),
     }
     if record["backend"] == "jax":
         import jax
@@ -176,6 +184,8 @@ def _environment():
         import torch
 
         record["torch"] = torch.__version__
+        record["torch_threads"] = torch.get_num_threads()
+        record["torch_interop_threads"] = torch.get_num_interop_threads()
         record["device"] = (
             torch.cuda.get_device_name(0)
             if torch.cuda.is_available()
@@ -217,6 +227,8 @@ def summarize(seconds, args):
 
 def print_summary(result):
     print(f"\n{result['environment']}")
+    if "cpu" not in result["environment"]:  # files written before it was
+        print("host CPU and thread counts not recorded")
     print(f"{'variant':<16}{'images/s':>10}{'protocol hours':>16}")
     for name, speed in result["images_per_second"].items():
         hours = result["protocol_training_hours"][name]
@@ -229,6 +241,16 @@ def print_summary(result):
             else "too few rounds for a 95% CI"
         )
         print(f"{label} (time): {value:.3f} ({where})")
+
+
+def _machine_info():
+    """`bench/machine_info.py`, imported from this script's directory."""
+    directory = os.path.dirname(os.path.abspath(__file__))
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    import machine_info
+
+    return machine_info
 
 
 def _throughput():

@@ -7,6 +7,9 @@ file they write (a speed or a run time means little without them):
 
     results["machine"] = machine_info.describe()
 
+`host()` is the part that needs no library (for `bench/accelerator_speed.py`,
+which runs without TensorFlow).
+
 The scripts are run from anywhere (`python bench/accuracy.py`) or loaded
 by path in the tests: they put their own directory on `sys.path` first.
 """
@@ -28,13 +31,32 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def usable_cpus():
+    """How many CPUs this process may run on (its affinity mask, which
+    `taskset` or a container can narrow), else `os.cpu_count()`."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count()
+
+
+def host():
+    """The machine, without importing any library, as a JSON-able dict."""
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+    }
+
+
 def tensorflow_threads(kind):
     """TensorFlow's `"intra"`- or `"inter"`-op thread count.
 
     Set by `tf.config.threading`, else by the environment variable
     `TF_NUM_INTRAOP_THREADS` or `TF_NUM_INTEROP_THREADS` (which that API
-    does not report), else TensorFlow's default: every core
-    (`os.cpu_count()`).
+    does not report), else TensorFlow's default: every CPU the process
+    may run on (`usable_cpus()`).
     """
     import tensorflow as tf
 
@@ -42,7 +64,7 @@ def tensorflow_threads(kind):
         tf.config.threading, f"get_{kind}_op_parallelism_threads"
     )()
     variable = f"TF_NUM_{kind.upper()}OP_THREADS"
-    return configured or int(os.environ.get(variable) or 0) or os.cpu_count()
+    return configured or int(os.environ.get(variable) or 0) or usable_cpus()
 
 
 def describe():
@@ -51,9 +73,7 @@ def describe():
     import tensorflow as tf
 
     return {
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
+        **host(),
         "intra_op_threads": tensorflow_threads("intra"),
         "inter_op_threads": tensorflow_threads("inter"),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],

@@ -16,7 +16,8 @@ are summarized from the file's runs by `bench/accuracy.py`'s `summarize`
 as it is now, not read from the summary stored in the file: a run's best
 branch is the branch with the best accuracy on the other set (held-out
 images for the test set, and the other way round), scored on this one.
-Throughput files give the CPU and the libraries' versions, the images per
+Throughput files give the CPU, the libraries' versions and TensorFlow's
+thread counts (each "not recorded" where the file lacks it), the images per
 second of every variant (median, min and max over the rounds) and the time
 ratios (median over the rounds and, where the file has it, its 95%
 confidence interval), among them those of keras-one's ONE on the JAX and
@@ -151,13 +152,27 @@ LIBRARIES = (
 
 
 def _machine_line(machine):
-    """The CPU and the libraries' versions of a throughput file."""
+    """The CPU, the libraries' versions and TensorFlow's thread counts of a
+    throughput file."""
     # Older result files do not name the CPU.
     cpu = machine.get("cpu", "CPU not recorded")
     versions = ", ".join(
         f"{label} {machine[key]}" for key, label in LIBRARIES if key in machine
     )
-    return f"Machine: {cpu}, {machine.get('cpu_count')} cores; {versions}"
+    parts = [f"{cpu}, {machine.get('cpu_count')} cores", versions]
+    parts.append(_threads(machine))
+    return "Machine: " + "; ".join(part for part in parts if part)
+
+
+def _threads(machine):
+    """TensorFlow's thread counts as recorded. Older files recorded its
+    API's `intra_op_threads`, 0 when not set: its default, not a count."""
+    intra = machine.get("intra_op_threads")
+    if not intra:
+        return "TensorFlow threads not recorded"
+    inter = machine.get("inter_op_threads")
+    inter = f", {inter} inter-op" if inter else ""
+    return f"TensorFlow threads: {intra} intra-op{inter}"
 
 
 def throughput_tables(results):

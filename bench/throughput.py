@@ -592,21 +592,10 @@ def main(argv=None):
 
 
 def _machine(processes):
-    import platform
-
-    import keras
-    import tensorflow as tf
-
-    machine = {
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "intra_op_threads": (
-            tf.config.threading.get_intra_op_parallelism_threads()
-        ),
-    }
+    """The CPU model, TensorFlow's thread counts (`--threads`, else
+    `TF_NUM_INTRAOP_THREADS` and `TF_NUM_INTEROP_THREADS`, else its
+    default), the libraries, and each backend process's threads."""
+    machine = _machine_info().describe()
     try:
         import torch
 
@@ -622,18 +611,14 @@ def _machine(processes):
     return machine
 
 
-def _cpu_name():
-    """The CPU's model name, as `lscpu` shows it (Linux), or the platform's."""
-    import platform
+def _machine_info():
+    """`bench/machine_info.py`, imported from this script's directory."""
+    directory = os.path.dirname(os.path.abspath(__file__))
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    import machine_info
 
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return machine_info
 
 
 if __name__ == "__main__":

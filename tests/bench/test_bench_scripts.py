@@ -261,13 +261,16 @@ def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
 
 
 @pytest.mark.slow
-def test_throughput_benchmark_tiny(tmp_path, capsys):
+def test_throughput_benchmark_tiny(tmp_path, capsys, monkeypatch):
+    # Read back into the machine record (TensorFlow's API reports 0).
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
     throughput = load_script("throughput")
     output = tmp_path / "throughput.json"
     variants = ["baseline", "one", "dml", "handwritten", "torch"]
     results = throughput.main(
         ["--model", "resnet8", "--batch-size", "4", "--image-size", "8",
-         "--rounds", "2", "--window-steps", "1", "--warmup-steps", "1",
+         "--branches", "2", "--rounds", "2", "--window-steps", "1",
+         "--warmup-steps", "1",
          "--variants", *variants, "--cpu-time", "--output", str(output)]
     )  # fmt: skip
     saved = json.loads(output.read_text())
@@ -292,6 +295,13 @@ def test_throughput_benchmark_tiny(tmp_path, capsys):
     )
     np.testing.assert_allclose(ratio["time_ratio"], expected)
     assert results["time_ratios"].keys() == saved["time_ratios"].keys()
+    # The CPU model and the thread counts TensorFlow runs with.
+    machine = saved["machine"]
+    assert machine["cpu"] == load_script("machine_info").cpu_name()
+    assert machine["cpu"] and machine["cpu_count"] >= 1
+    assert 1 <= machine["usable_cpus"] <= machine["cpu_count"]
+    assert machine["intra_op_threads"] == 3
+    assert machine["inter_op_threads"] >= 1
 
 
 @pytest.mark.slow
@@ -299,10 +309,13 @@ def test_throughput_benchmark_other_backends(tmp_path):
     # From the command line: `--threads` configures TensorFlow, which can
     # only be done before it starts (here, other tests have started it).
     output = tmp_path / "throughput.json"
+    # Two branches: ONE all the same, in fewer layers to build and compile
+    # (only the plumbing is checked, not the speeds).
     subprocess.run(
         [sys.executable, str(BENCH / "throughput.py"),
          "--model", "resnet8", "--batch-size", "4", "--image-size", "8",
-         "--rounds", "1", "--window-steps", "1", "--warmup-steps", "1",
+         "--branches", "2", "--rounds", "1", "--window-steps", "1",
+         "--warmup-steps", "1",
          "--variants", "one", "one_jax", "one_torch", "--threads", "1",
          "--cpu-time", "--output", str(output)],
         check=True,
@@ -325,6 +338,9 @@ def test_throughput_benchmark_other_backends(tmp_path):
     assert machine["one_jax"]["backend"] == "jax"
     assert len(machine["one_jax"]["cpus"]) == 1
     assert machine["one_torch"] == {"backend": "torch", "torch_threads": 1}
+    # --threads 1 is TensorFlow's thread counts, as recorded.
+    assert machine["intra_op_threads"] == machine["inter_op_threads"] == 1
+    assert machine["cpu"]
 
 
 def test_throughput_alternates_the_order_of_the_variants():
@@ -442,7 +458,9 @@ def test_readme_tables_throughput(tmp_path, capsys):
     path.write_text(json.dumps(results))
     tables.main([str(path)])
     printed = capsys.readouterr().out
-    assert "Machine: AMD EPYC, 2 cores; Keras 3.15.1, JAX 0.10.2" in printed
+    assert "Machine: AMD EPYC, 2 cores; Keras 3.15.1, JAX 0.10.2; " in printed
+    # An older file: no CPU model, and TensorFlow's "not set" (0) threads.
+    assert "TensorFlow threads not recorded" in printed
     rows = {}
     for line in printed.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -452,6 +470,19 @@ def test_readme_tables_throughput(tmp_path, capsys):
     assert rows["JAX backend : TensorFlow (ONE)"][1:] == [
         "1.750", "-", "2.00, 1.50",
     ]  # fmt: skip
+    results["machine"] = {"cpu_count": 2, "intra_op_threads": 0}
+    path.write_text(json.dumps(results))
+    tables.main([str(path)])
+    assert (
+        "Machine: CPU not recorded, 2 cores; TensorFlow threads not recorded"
+        in capsys.readouterr().out
+    )
+    results["machine"].update(intra_op_threads=1, inter_op_threads=2)
+    path.write_text(json.dumps(results))
+    tables.main([str(path)])
+    assert "TensorFlow threads: 1 intra-op, 2 inter-op" in (
+        capsys.readouterr().out
+    )
 
 
 def test_best_branch_is_picked_on_the_other_set():
@@ -563,9 +594,10 @@ def test_accelerator_speed_summary(tmp_path, capsys):
     assert result["time_ratio_intervals_95"] == {"ONE-3 : baseline": [2, 4]}
     # 300 epochs of 50,000 images at 500 images/s.
     assert result["protocol_training_hours"]["one"] == 300 * 50000 / 500 / 3600
-    assert "ONE-3 : baseline (time): 2.000 (95% CI 2.000-4.000)" in (
-        capsys.readouterr().out
-    )
+    printed = capsys.readouterr().out
+    assert "ONE-3 : baseline (time): 2.000 (95% CI 2.000-4.000)" in printed
+    # A file without the host's CPU says so.
+    assert "host CPU and thread counts not recorded" in printed
     # Another file is refused in one line.
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"runs": []}))
@@ -574,3 +606,24 @@ def test_accelerator_speed_summary(tmp_path, capsys):
     # bench/readme_tables.py prints it too.
     load_script("readme_tables").main([str(path)])
     assert "(95% CI 2.000-4.000)" in capsys.readouterr().out
+
+
+def test_accelerator_speed_records_the_host(capsys):
+    speed = load_script("accelerator_speed")
+    machine_info = load_script("machine_info")
+    environment = speed._environment()
+    assert environment["cpu"] == machine_info.cpu_name() != ""
+    assert environment["cpu_count"] >= 1
+    assert environment["usable_cpus"] == machine_info.usable_cpus() >= 1
+    if environment["backend"] == "torch":
+        import torch
+
+        assert environment["torch_threads"] == torch.get_num_threads()
+    # Its summary does not say the host is missing.
+    result = {
+        "environment": environment,
+        "images_per_second": {},
+        "time_ratios": {},
+    }
+    speed.print_summary(result)
+    assert "not recorded" not in capsys.readouterr().out
