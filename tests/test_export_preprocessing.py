@@ -1,43 +1,60 @@
 """Exports take the dataset's raw images and `keras-one predict` names them.
 
-One tiny digits run (one epoch of ONE, no baseline) is shared by every test;
-its branch 0 is exported as .keras, SavedModel and TFLite with the dataset's
-preprocessing built in, and once as the bare network (--no-preprocessing).
+- `keras-one evaluate` takes every format `keras-one export` writes.
+- results.json holds every value the run used, defaults resolved.
+
+One tiny digits run (two epochs of ONE, no baseline) is shared by every
+test; its branch 0 is exported as .keras, SavedModel and TFLite with the
+dataset's preprocessing built in, and as the bare network
+(--no-preprocessing) as .keras and SavedModel.
 """
 
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_one
 from keras_one import cli
 from keras_one import data
+from keras_one import methods
 
 NUM_PNGS = 6
+
+
+# One run, and every export, for all the tests of this module (the same
+# run serves the checks of its results.json, so its flags are not all
+# defaults).
+TRAIN = [
+    "train",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "128",
+    "--seed",
+    "3",
+    "--temperature",
+    "2",
+    "--no-baseline",
+    "--verbose",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export_preprocessing")
-    run_dir = str(folder / "run")
-    cli.main(
-        [
-            "train",
-            "--epochs",
-            "1",
-            "--no-baseline",
-            "--verbose",
-            "0",
-            "--output-dir",
-            run_dir,
-        ]
-    )
-    distiller = os.path.join(run_dir, "distiller.keras")
+    run_dir = folder / "run"
+    assert cli.main([*TRAIN, "--output-dir", str(run_dir)]) == 0
+    distiller = str(run_dir / "distiller.keras")
     exports = {}
     for fmt, name in [
         ("keras", "branch0.keras"),
@@ -50,6 +67,18 @@ def run(tmp_path_factory):
     exports["bare"] = str(folder / "bare.keras")
     cli.main(
         ["export", distiller, "--no-preprocessing", "--output", exports["bare"]]
+    )
+    exports["bare_savedmodel"] = str(folder / "bare_savedmodel")
+    cli.main(
+        [
+            "export",
+            distiller,
+            "--format",
+            "savedmodel",
+            "--no-preprocessing",
+            "--output",
+            exports["bare_savedmodel"],
+        ]
     )
     _, raw_test, info = data.load("digits", augment=False, raw=True)
     _, test, _ = data.load("digits", augment=False)
@@ -65,7 +94,7 @@ def run(tmp_path_factory):
         tf.io.write_file(
             str(png_dir / f"digit{i}.png"), tf.io.encode_png(pixels)
         )
-    with open(os.path.join(run_dir, "results.json")) as file:
+    with open(run_dir / "results.json") as file:
         results = json.load(file)
     return dict(
         folder=folder,
@@ -252,3 +281,121 @@ def test_predict_and_export_refuse_bad_input_in_one_line(run, capsys):
         assert "\n" not in message, argv
         assert expected in message, (argv, message)
     assert "Traceback" not in capsys.readouterr().err
+
+
+# --- evaluate every export format, and results.json ------------------------
+
+
+def _evaluate(run, fmt, capsys):
+    output = str(run["folder"] / f"evaluate_{fmt}.json")
+    capsys.readouterr()
+    argv = ["evaluate", run["exports"][fmt], "--verbose", "0"]
+    assert cli.main([*argv, "--output", output]) == 0
+    table = capsys.readouterr().out
+    with open(output) as file:
+        return json.load(file), table
+
+
+def test_evaluate_takes_every_export_format(run, capsys):
+    reported = run["results"]["one"]["branch_accuracy"][0]
+    scores, tables = {}, {}
+    for fmt in ("keras", "savedmodel", "tflite", "bare_savedmodel"):
+        scores[fmt], tables[fmt] = _evaluate(run, fmt, capsys)
+        assert abs(scores[fmt]["accuracy"] - reported) <= 1e-6, fmt
+        assert tables[fmt] == tables["keras"], fmt  # the same table
+    assert f"accuracy  {100 * reported:.2f}" in tables["keras"]
+    # The cross-entropy of the formats agrees too (TFLite: to float32).
+    entropy = scores["savedmodel"]["cross_entropy"]
+    assert abs(scores["tflite"]["cross_entropy"] - entropy) < 1e-5
+    assert abs(scores["bare_savedmodel"]["cross_entropy"] - entropy) < 1e-5
+
+
+def test_the_exports_predict_the_same_classes(run):
+    _, raw_test, _ = data.load("digits", augment=False, raw=True)
+    batches = list(raw_test.as_numpy_iterator())
+    x = np.concatenate([images for images, _ in batches]).astype("float32")
+    keras_model = keras.saving.load_model(run["exports"]["keras"])
+    expected = np.argmax(keras_model.predict(x, verbose=0), -1)
+    for fmt in ("savedmodel", "tflite"):
+        predict, shape, _ = cli._load_export(run["exports"][fmt])
+        assert tuple(int(d) for d in shape) == (8, 8, 1)
+        np.testing.assert_array_equal(np.argmax(predict(x), -1), expected)
+
+
+def test_evaluate_refuses_an_export_it_cannot_read_in_one_line(run, tmp_path):
+    alone = tmp_path / "alone.tflite"
+    shutil.copy(run["exports"]["tflite"], alone)  # without its sidecar
+    npz = tmp_path / "big.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        npz,
+        x_train=rng.integers(0, 255, (20, 12, 12, 1)).astype("uint8"),
+        y_train=np.arange(20) % 10,
+        x_test=rng.integers(0, 255, (10, 12, 12, 1)).astype("uint8"),
+        y_test=np.arange(10),
+    )
+    cases = [
+        ([str(alone)], "has no sidecar"),
+        ([run["exports"]["savedmodel"], "--dataset", str(npz)], "--dataset"),
+        ([run["exports"]["tflite"], "--dataset", str(npz)], "shape [8, 8, 1]"),
+    ]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as raised:
+            cli.main(["evaluate", *argv, "--verbose", "0"])
+        message = raised.value.code
+        assert isinstance(message, str), argv
+        assert message.startswith("keras-one: error: "), argv
+        assert "\n" not in message and expected in message, (argv, message)
+
+
+def test_results_record_every_value_the_run_used(run):
+    results = run["results"]
+    _, _, info = data.load("digits", augment=False)
+    dataset = results["dataset"]
+    assert dataset["class_names"] == [str(i) for i in range(10)]
+    assert dataset["preprocessing"]["mean"] == pytest.approx(list(info.mean))
+    assert dataset["preprocessing"]["std"] == pytest.approx(list(info.std))
+    assert dataset["preprocessing"]["pixel_scale"] == 1 / 16
+    assert dataset["source"] == {"kind": "digits (scikit-learn, bundled)"}
+    assert dataset["train_augmentation"] == "pad_crop"
+    assert results["training"] == {
+        "model": "resnet8",
+        "num_branches": 3,
+        "epochs": 2,
+        "batch_size": 128,
+        "steps_per_epoch": int(np.ceil(info.num_train_examples / 128)),
+        "seed": 3,
+        "optimizer": "SGD, Nesterov momentum 0.9",
+        "learning_rate": 0.1,
+        "schedule": "cosine",
+        "weight_decay": 5e-4,
+        "baseline": False,
+    }
+    # The ramp-up resolved from ONE's fraction (80 of 300) of 2 epochs.
+    rampup = methods.rampup_epochs(methods.get("one"), 2)
+    method = results["method"]
+    assert method["name"] == "one"
+    assert method["class"] == "keras_one.methods.one.ONE"
+    assert method["rampup_epochs"] == rampup == 1
+    assert method["rampup"].startswith("the method's fraction 0.2666")
+    assert method["arguments"] == {
+        "temperature": 2.0,
+        "rampup_epochs": rampup,
+        "gate": "learned",
+        "detach_teacher": True,
+    }
+    # They are the values the saved distiller trained with.
+    distiller = keras.saving.load_model(run["distiller"])
+    assert distiller.method.rampup_epochs == rampup
+    assert distiller.method.temperature == 2.0
+    assert results["versions"] == {
+        "keras_one": keras_one.__version__,
+        "keras": keras.__version__,
+        "backend": "tensorflow",
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+    }
+    # The flags as given stay beside them (None: a default was used).
+    assert results["arguments"]["rampup_epochs"] is None
+    assert results["arguments"]["seed"] == 3

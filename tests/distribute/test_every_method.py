@@ -32,10 +32,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = methods.names()
 TIMEOUT = 900
 
-# Two lanes run these in order: mirrored, mixed and xla, determinism
-# (balanced by their running times). The `single` runs of `mirrored` and
-# `determinism` are the same training in two processes with op determinism
-# on: the determinism test compares them.
+# Three processes on two lanes (balanced by their running times):
+# `mirrored`, and `xla` then `mixed`. The `single` runs of `mirrored` and
+# `mixed` are the same training in two processes with op determinism on:
+# the determinism test compares them (a run's own policy overrides
+# `--policy`). XLA is checked on batches of one shape (`xla_even` against
+# `single_even`, one compilation per method) and, for ONE, on the uneven
+# last batch as well (`xla` against `mirrored`'s `single`). Keras turns
+# XLA off under op determinism, so `xla` runs without it.
 SWEEPS = {
     "mirrored": [
         "--policy",
@@ -44,16 +48,21 @@ SWEEPS = {
         "--runs",
         "single,mirrored,mirrored_per_replica_bn@one",
     ],
-    "xla": ["--policy", "float64", "--jit"],
-    "mixed": ["--runs", "mixed_float16,mixed_bfloat16"],
-    "determinism": [
+    "xla": [
+        "--policy",
+        "float64",
+        "--runs",
+        "single_even,xla_even,xla@one",
+    ],
+    "mixed": [
         "--policy",
         "float64",
         "--determinism",
         "--runs",
-        "single,single_seed_1@one",
+        "mixed_float16,mixed_bfloat16,single,single_seed_1@one",
     ],
 }
+LANES = (("mirrored",), ("xla", "mixed"))
 
 
 class Sweeps:
@@ -106,8 +115,7 @@ class Sweeps:
     def get(self, name):
         if not self.started:
             self.started = True
-            names = list(SWEEPS)
-            for lane in (names[0::2], names[1::2]):
+            for lane in LANES:
                 threading.Thread(
                     target=self._worker, args=(lane,), daemon=True
                 ).start()
@@ -203,6 +211,15 @@ def test_per_replica_batch_norm_is_another_algorithm(sweeps):
 # === XLA ===
 
 
+def assert_xla_matches(reference, reference_weights, compiled, weights):
+    assert compiled["jit_compile"] and not reference["jit_compile"]
+    assert compiled["logits_dtype"] == reference["logits_dtype"] == "float64"
+    assert compiled["steps"] == reference["steps"] == 6
+    assert global_relative_difference(reference_weights, weights) < 1e-5
+    assert_same_weights(reference_weights, weights, 1e-5, 1e-6)
+    assert_same_logs(reference["history"], compiled["history"], 1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_xla_matches_no_xla(sweeps, method):
@@ -210,18 +227,22 @@ def test_xla_matches_no_xla(sweeps, method):
 
     Compared in float64 (see the module docstring), to 1e-5 like the
     replicas; in float32 XLA's other rounding gives 1e-7 differences that
-    a few steps can grow past 1e-4 in single variables.
+    a few steps can grow past 1e-4 in single variables. Batches of one
+    shape (96 examples), so XLA compiles each method's step once.
     """
-    reference, reference_weights = run_of(sweeps, "mirrored", "single", method)
-    compiled, compiled_weights = run_of(sweeps, "xla", "single", method)
-    assert compiled["jit_compile"] and not reference["jit_compile"]
-    assert compiled["logits_dtype"] == reference["logits_dtype"] == "float64"
-    assert compiled["steps"] == reference["steps"] == 6
-    assert global_relative_difference(reference_weights, compiled_weights) < (
-        1e-5
+    assert_xla_matches(
+        *run_of(sweeps, "xla", "single_even", method),
+        *run_of(sweeps, "xla", "xla_even", method),
     )
-    assert_same_weights(reference_weights, compiled_weights, 1e-5, 1e-6)
-    assert_same_logs(reference["history"], compiled["history"], 1e-5)
+
+
+@pytest.mark.slow
+def test_xla_with_an_uneven_last_batch(sweeps):
+    """XLA compiles the step again for the last batch of 31: same training."""
+    assert_xla_matches(
+        *run_of(sweeps, "mirrored", "single", "one"),
+        *run_of(sweeps, "xla", "xla", "one"),
+    )
 
 
 # === Mixed precision ===
@@ -274,7 +295,7 @@ def test_same_seed_same_weights(sweeps, method):
     nondeterministic op changes the last bits of float64 as of float32.
     """
     first, first_weights = run_of(sweeps, "mirrored", "single", method)
-    second, second_weights = run_of(sweeps, "determinism", "single", method)
+    second, second_weights = run_of(sweeps, "mixed", "single", method)
     assert first["determinism"] and second["determinism"]
     assert first["history"] == second["history"]
     assert sorted(first_weights) == sorted(second_weights)
@@ -286,5 +307,5 @@ def test_same_seed_same_weights(sweeps, method):
 def test_another_seed_other_weights(sweeps):
     """The determinism test can fail: another seed gives other weights."""
     _, seed_0 = run_of(sweeps, "mirrored", "single", "one")
-    _, seed_1 = run_of(sweeps, "determinism", "single_seed_1", "one")
+    _, seed_1 = run_of(sweeps, "mixed", "single_seed_1", "one")
     assert global_relative_difference(seed_0, seed_1) > 1e-2

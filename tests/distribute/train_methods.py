@@ -19,6 +19,11 @@ Runs (a run name followed by `@m1+m2` runs only for those methods):
 
 - `single`: one device, 95 examples: batches of 32, 32 and 31 per epoch.
 - `single_seed_1`: the same from seed 1 instead of 0.
+- `single_even`: one device, 96 examples: three batches of 32 per epoch.
+- `xla`, `xla_even`: `single` and `single_even` with `jit_compile=True`.
+  XLA compiles a step for each batch shape, so the uneven last batch of
+  `xla` costs a second compilation (about 7 s of CPU here); `xla_even`
+  checks a method's XLA lowering with one.
 - `mirrored`: a 2-replica `MirroredStrategy` over 2 logical CPUs with
   `synchronized_batch_norm=True`, same data: each epoch's last batch of 31
   splits unevenly, 16 / 15, over the replicas.
@@ -45,14 +50,17 @@ import traceback
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RUNS = {
-    # name: (strategy, synchronized_batch_norm, examples, seed, policy);
-    # a policy of None is --policy.
-    "single": (None, True, 95, 0, None),
-    "single_seed_1": (None, True, 95, 1, None),
-    "mirrored": ("mirrored", True, 95, 0, None),
-    "mirrored_per_replica_bn": ("mirrored", False, 95, 0, None),
-    "mixed_float16": (None, True, 96, 0, "mixed_float16"),
-    "mixed_bfloat16": (None, True, 96, 0, "mixed_bfloat16"),
+    # name: (strategy, synchronized_batch_norm, examples, seed, policy,
+    # jit_compile); a policy of None is --policy.
+    "single": (None, True, 95, 0, None, False),
+    "single_seed_1": (None, True, 95, 1, None, False),
+    "single_even": (None, True, 96, 0, None, False),
+    "xla": (None, True, 95, 0, None, True),
+    "xla_even": (None, True, 96, 0, None, True),
+    "mirrored": ("mirrored", True, 95, 0, None, False),
+    "mirrored_per_replica_bn": ("mirrored", False, 95, 0, None, False),
+    "mixed_float16": (None, True, 96, 0, "mixed_float16", False),
+    "mixed_bfloat16": (None, True, 96, 0, "mixed_bfloat16", False),
 }
 
 
@@ -62,7 +70,6 @@ def parse_args(argv):
     parser.add_argument("--methods", required=True)
     parser.add_argument("--runs", default="single")
     parser.add_argument("--policy", default="float32")
-    parser.add_argument("--jit", action="store_true")
     parser.add_argument("--determinism", action="store_true")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=0.05)
@@ -155,7 +162,7 @@ def main(argv):
 
     arrays, report = {}, {}
     for run, method in plan:
-        strategy, synchronized, num_examples, seed, policy = RUNS[run]
+        strategy, synchronized, num_examples, seed, policy, jit = RUNS[run]
         x, y = method_zoo.make_images(num_examples)
         sample_weight = np.random.default_rng(1).uniform(0.5, 1.5, len(y))
         keras.backend.clear_session()
@@ -171,14 +178,14 @@ def main(argv):
                 method_zoo.compile_distiller(
                     distiller,
                     keras.optimizers.SGD(args.learning_rate, momentum=0.9),
-                    jit_compile=args.jit,
+                    jit_compile=jit,
                 )
             dtypes, logits_dtype = method_zoo.term_dtypes(
                 distiller, x[:8], y[:8]
             )
             batch_losses = method_zoo.BatchLosses()
             batch_sizes = []
-            if not args.jit:
+            if not jit:
                 method_zoo.count_batches(distiller, batch_sizes)
             history = distiller.fit(
                 method_zoo.batch_dataset(
@@ -233,7 +240,7 @@ def main(argv):
             "steps": int(distiller.optimizer.iterations.numpy()),
             # The size of each batch a replica trained on, as it ran
             # (None under XLA).
-            "batch_sizes": None if args.jit else batch_sizes,
+            "batch_sizes": None if jit else batch_sizes,
             "determinism": args.determinism,
             "cpu_seconds": time.process_time() - start,
             "logits_dtype": logits_dtype,
