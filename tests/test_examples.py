@@ -1,46 +1,58 @@
-"""The examples of the core run as written (in their --small mode)."""
+"""The examples of the core run as written (in their --small mode).
 
-import pathlib
+Those on one device run in one subprocess (TensorFlow imported once); the
+distributed one in its own, as it sets up two logical CPUs before
+TensorFlow starts.
+"""
+
 import subprocess
 import sys
 
 import pytest
+from example_runner import EXAMPLES
+from example_runner import run_examples
 
-EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
-
-
-def run_example(name, cwd):
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), "--small"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+ONE_DEVICE = (
+    "custom_layers.py",
+    "one_cifar10.py",
+    "mobilenet_multi_branch.py",
+)
 
 
-@pytest.mark.slow
-def test_custom_layers(tmp_path):
-    out = run_example("custom_layers.py", tmp_path)
-    assert "exported branch 0 accuracy" in out
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("examples")
+    return run_examples(ONE_DEVICE, cwd=cwd, timeout=600), cwd
 
 
 @pytest.mark.slow
-def test_one_cifar10(tmp_path):
-    out = run_example("one_cifar10.py", tmp_path)
-    assert "ensemble:" in out
-    assert (tmp_path / "one_cifar10_branch0.keras").exists()
+def test_custom_layers(one_device):
+    outputs, _ = one_device
+    assert "exported branch 0 accuracy" in outputs["custom_layers.py"]
 
 
 @pytest.mark.slow
-def test_mobilenet_multi_branch(tmp_path):
-    out = run_example("mobilenet_multi_branch.py", tmp_path)
-    assert "one branch:" in out
+def test_one_cifar10(one_device):
+    outputs, cwd = one_device
+    assert "ensemble:" in outputs["one_cifar10.py"]
+    assert (cwd / "one_cifar10_branch0.keras").exists()
+
+
+@pytest.mark.slow
+def test_mobilenet_multi_branch(one_device):
+    outputs, _ = one_device
+    assert "one branch:" in outputs["mobilenet_multi_branch.py"]
 
 
 @pytest.mark.slow
 def test_distributed_training(tmp_path):
-    out = run_example("distributed_training.py", tmp_path)
-    assert "2 replica(s)" in out and "ensemble accuracy" in out
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "distributed_training.py"), "--small"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 replica(s)" in result.stdout
+    assert "ensemble accuracy" in result.stdout

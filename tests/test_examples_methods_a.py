@@ -4,23 +4,12 @@ All five run in one subprocess (each as `__main__`, through `runpy`) so
 TensorFlow is imported once; the run is bounded by a timeout.
 """
 
-import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
+from example_runner import run_examples
 
-EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 NAMES = ("dml", "cl_ilr", "okddip", "ffl", "mde")
-SCRIPT = """
-import runpy, sys
-for path in sys.argv[1:]:
-    sys.argv = [path, "--small"]
-    print(f"=== start {path}", flush=True)
-    runpy.run_path(path, run_name="__main__")
-    print(f"=== end {path}", flush=True)
-"""
 EXPECTED = {
     "dml": ["network 0 accuracy", "network 1 accuracy", "ensemble"],
     "cl_ilr": ["head 3 accuracy", "exported head 0 accuracy"],
@@ -32,20 +21,10 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def outputs():
-    paths = [str(EXAMPLES / f"{name}_cifar10.py") for name in NAMES]
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *paths],
-        capture_output=True,
-        text=True,
-        timeout=400,
+    sections = run_examples(
+        [f"{name}_cifar10.py" for name in NAMES], timeout=400
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    sections = {}
-    for name, path in zip(NAMES, paths, strict=True):
-        start = result.stdout.index(f"=== start {path}")
-        end = result.stdout.index(f"=== end {path}")
-        sections[name] = result.stdout[start:end]
-    return sections
+    return {name: sections[f"{name}_cifar10.py"] for name in NAMES}
 
 
 @pytest.mark.slow

@@ -5,23 +5,12 @@ TensorFlow is imported once; they write their exported models into a
 temporary working directory.
 """
 
-import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
+from example_runner import run_examples
 
-EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 NAMES = ("kd", "ekd", "sokd", "oec", "pcl")
-SCRIPT = """
-import runpy, sys
-for path in sys.argv[1:]:
-    sys.argv = [path, "--small"]
-    print(f"=== start {path}", flush=True)
-    runpy.run_path(path, run_name="__main__")
-    print(f"=== end {path}", flush=True)
-"""
 # The lines each example prints, and the accuracies that a few epochs on
 # the digits reach far above chance (10%).
 EXPECTED = {
@@ -40,22 +29,12 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
-    paths = [str(EXAMPLES / f"{name}_cifar10.py") for name in NAMES]
     cwd = tmp_path_factory.mktemp("examples_b")
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *paths],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    sections = {"cwd": cwd}
-    for name, path in zip(NAMES, paths, strict=True):
-        start = result.stdout.index(f"=== start {path}")
-        end = result.stdout.index(f"=== end {path}")
-        sections[name] = result.stdout[start:end]
-    return sections
+    files = [f"{name}_cifar10.py" for name in NAMES]
+    sections = run_examples(files, cwd=cwd, timeout=600)
+    outputs = {name: sections[f"{name}_cifar10.py"] for name in NAMES}
+    outputs["cwd"] = cwd
+    return outputs
 
 
 def accuracies(text):
