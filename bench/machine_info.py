@@ -50,6 +50,21 @@ def host():
     }
 
 
+def check_thread_variables():
+    """Refuses a `TF_NUM_INTRAOP_THREADS`/`TF_NUM_INTEROP_THREADS` that is
+    not a whole number: TensorFlow ignores it silently and uses every core,
+    so a benchmark would run, and be recorded, on other threads than meant.
+    The scripts call this before they measure anything."""
+    for kind in ("INTRA", "INTER"):
+        variable = f"TF_NUM_{kind}OP_THREADS"
+        value = os.environ.get(variable, "")
+        if value and not value.strip().isdigit():
+            raise ValueError(
+                f"{variable}={value!r} is not a thread count: set it to a "
+                "whole number such as 1, or unset it."
+            )
+
+
 def tensorflow_threads(kind):
     """TensorFlow's `"intra"`- or `"inter"`-op thread count.
 
@@ -64,6 +79,7 @@ def tensorflow_threads(kind):
         tf.config.threading, f"get_{kind}_op_parallelism_threads"
     )()
     variable = f"TF_NUM_{kind.upper()}OP_THREADS"
+    check_thread_variables()
     return configured or int(os.environ.get(variable) or 0) or usable_cpus()
 
 

@@ -526,6 +526,8 @@ def make_batch(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # Before any measurement: the machine is recorded after it.
+    _machine_info().check_thread_variables()
     if args.worker:
         return serve(args)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -627,3 +627,17 @@ def test_accelerator_speed_records_the_host(capsys):
     }
     speed.print_summary(result)
     assert "not recorded" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "-2"])
+def test_a_thread_variable_that_is_not_a_count_is_refused_first(
+    value, tmp_path, monkeypatch
+):
+    # TensorFlow ignores such a value silently; the benchmark refuses it
+    # in one line before it measures (and so writes) anything.
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", value)
+    throughput = load_script("throughput")
+    output = tmp_path / "throughput.json"
+    with pytest.raises(ValueError, match="TF_NUM_INTEROP_THREADS=.*whole"):
+        throughput.main(["--model", "resnet8", "--output", str(output)])
+    assert not output.exists()
