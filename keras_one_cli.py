@@ -53,6 +53,10 @@ def known_methods():
     return tuple(sorted(names))
 
 
+# keras_one.protocols.names(), here without importing Keras (a test
+# checks that the two agree).
+PROTOCOLS = ("one", "pcl", "mcl_okd")
+
 DESCRIPTION = """\
 keras-one: online ensemble knowledge distillation (ONE and its family).
 
@@ -73,6 +77,7 @@ examples:
   keras-one export keras-one-runs/RUN/distiller.keras --branch 0 \\
       --format tflite --output branch0.tflite
   keras-one predict branch0.tflite my_images/      # top classes by name
+  keras-one pipeline ban --generations 3           # Born-Again Networks
 """
 
 DATASET_HELP = (
@@ -209,7 +214,141 @@ def build_parser(method_names=None):
         default=3,
         help="classes printed per image (default: 3)",
     )
+
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="multi-run distillation: ensemble KD, self-distillation, BAN",
+        description="Train several networks of one architecture, one after "
+        "the other, with the frozen earlier ones as teachers (KD): "
+        "'ensemble' trains --members networks on the labels and distils "
+        "their averaged prediction into a fresh one (Allen-Zhu and Li, ICLR "
+        "2023); 'self' distils a network into a fresh copy of itself, "
+        "--generations times (Allen-Zhu and Li); 'ban' chains Born-Again "
+        "Networks (Furlanello et al., ICML 2018) and averages the "
+        "generations. Every stage is saved in the run folder as "
+        "<stage>.keras when it finishes; continue an interrupted run with "
+        "--resume DIR.",
+    )
+    _add_pipeline_arguments(pipeline)
     return parser
+
+
+PIPELINES = ("ensemble", "self", "ban")
+
+
+def _at_least_two(text):
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2: {text}")
+    return value
+
+
+def _unit_interval(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1]: {text}")
+    return value
+
+
+def _add_pipeline_arguments(parser, kind=True):
+    """The `pipeline` command's arguments; `kind=False` leaves out its
+    positional PIPELINE (for the parser that lists the flags given)."""
+    if kind:
+        parser.add_argument(
+            "kind",
+            nargs="?",
+            choices=PIPELINES,
+            metavar="PIPELINE",
+            help="ensemble, self or ban (read from DIR/run.json with --resume)",
+        )
+    _add_data_arguments(parser)
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="network of every stage: resnet<depth>, depth 6n+2 (default: "
+        "resnet8 on digits, resnet32 otherwise)",
+    )
+    parser.add_argument(
+        "--members",
+        type=_at_least_two,
+        default=None,
+        help="ensemble: networks in the ensemble (default: 10)",
+    )
+    parser.add_argument(
+        "--generations",
+        type=_positive_int,
+        default=None,
+        help="self, ban: distilled generations after the first (default: 1 "
+        "for self, 3 for ban)",
+    )
+    parser.add_argument(
+        "--average",
+        default=None,
+        choices=("logits", "probabilities"),
+        help="ensemble, ban: what the ensemble averages (default: logits)",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=_unit_interval,
+        default=None,
+        help="weight of the distillation term, 1 - alpha weighing the "
+        "labels (default: 0.9; 1 for ban, no labels)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=_positive_float,
+        default=None,
+        help="distillation temperature (default: 4; 1 for ban)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=30,
+        help="epochs of every stage (default: 30)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="(default: 64)"
+    )
+    parser.add_argument(
+        "--schedule",
+        default="cosine",
+        choices=("cosine", "step"),
+        help="learning-rate schedule of every stage, as for train "
+        "(default: cosine)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=0.1,
+        help="initial learning rate of every stage (default: 0.1)",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=5e-4,
+        help="coupled L2 weight decay (default: 5e-4)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the first stage; stage i uses seed + i (default: 0)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="the run folder, for results.json, the stages' .keras files "
+        "and backups; new or empty (default: a new folder "
+        "keras-one-runs/<pipeline>-<dataset>-<time>)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the interrupted run in DIR: finished stages are "
+        "kept, the interrupted one resumes from its last epoch (other "
+        "flags must agree with DIR/run.json; --verbose may change)",
+    )
+    _add_verbose_argument(parser)
 
 
 def _add_train_arguments(train, method_names=None):
@@ -223,7 +362,11 @@ def _add_train_arguments(train, method_names=None):
     train.add_argument(
         "--model",
         default=None,
-        help="network: resnet<depth>, depth 6n+2, e.g. resnet20, resnet32 "
+        help="network: resnet<depth>, depth 6n+2, e.g. resnet20, resnet32; "
+        "hub:<keras-hub preset or preset folder>, e.g. "
+        "hub:resnet_18_imagenet (needs pip install keras-one[hub]); "
+        "applications:<keras.applications name>, e.g. "
+        "applications:MobileNetV2 "
         "(default: resnet8 on digits, resnet32 otherwise)",
     )
     train.add_argument(
@@ -258,6 +401,14 @@ def _add_train_arguments(train, method_names=None):
         help="coupled L2 weight decay (default: 5e-4)",
     )
     train.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="a paper's exact recipe: one (ONE's official scripts), pcl or "
+        "mcl_okd; it sets the epochs, batch size, learning rate and its "
+        "schedule, momentum and weight decay, so give none of those flags "
+        "(what each sets: README, keras_one.protocols)",
+    )
+    train.add_argument(
         "--temperature",
         type=_positive_float,
         help="distillation temperature (default: the method's, 3 for ONE)",
@@ -273,8 +424,11 @@ def _add_train_arguments(train, method_names=None):
         "--teacher",
         action="append",
         metavar="PATH",
-        help="a pre-trained teacher .keras file, for methods with teachers "
-        "(repeat for several)",
+        help="a pre-trained teacher: a .keras file, or hub:<keras-hub "
+        "classifier preset or preset folder> predicting the data's classes, "
+        "which reads the images through its own preprocessing (needs pip "
+        "install keras-one[hub]); for methods with teachers (repeat for "
+        "several)",
     )
     train.add_argument("--seed", type=int, default=0, help="(default: 0)")
     train.add_argument(

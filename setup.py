@@ -49,7 +49,19 @@ setup(
             "pdoc>=14",
             "jax",
             "torch==2.13.0",
+            # The keras-hub students and teachers are tested too. keras-hub
+            # itself needs tensorflow-text, which requires the full
+            # `tensorflow` wheel (beside `tensorflow-cpu`, a second copy of
+            # TensorFlow); the README's test command installs keras-hub
+            # with --no-deps, and these are the dependencies it imports.
+            "kagglehub!=1.0.1",
+            "regex",
+            "sentencepiece",
+            "tokenizers",
         ],
+        # keras-hub backbones, classifiers and presets as students
+        # (`--model hub:<preset>`) and as pretrained teachers.
+        "hub": ["keras-hub>=0.20"],
         "docs": ["pdoc>=14"],
     },
     entry_points={"console_scripts": ["keras-one=keras_one_cli:main"]},

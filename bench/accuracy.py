@@ -29,8 +29,15 @@ its paper, `info.rampup_fraction`: ONE's 80 of 300 epochs):
     python bench/accuracy.py --data cifar10 --model resnet32 --epochs 300 \
         --weight-decay 1e-4 --seeds 0 1 2 --methods baseline one
 
-The paper's step schedule (x0.1 at epochs 150 and 225) is replaced by the
-cosine decay of `keras_one.experiment`.
+That recipe keeps the cosine decay of `keras_one.experiment` in place of
+the paper's steps. `--protocol one` (or `pcl`, `mcl_okd`) trains with a
+paper's exact recipe instead (`keras_one.protocols`: ONE's official
+scripts are SGD with plain momentum, lr 0.1 x0.1 from epochs 151 and 225,
+weight decay 1e-4, batch 128, 300 epochs), and then sets --epochs,
+--batch-size, --learning-rate and --weight-decay itself:
+
+    python bench/accuracy.py --data cifar10 --model resnet32 \
+        --protocol one --seeds 0 1 2 --methods baseline one
 
 KD, SOKD and EKD learn from pre-trained teachers. The benchmark trains them
 first, with the baseline's recipe on the same training images, as networks
@@ -70,6 +77,8 @@ BASELINE = "baseline"
 
 
 def build_parser():
+    from keras_one import protocols
+
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -89,7 +98,18 @@ def build_parser():
         "(default: baseline one)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument(
+        "--protocol",
+        choices=protocols.names(),
+        default=None,
+        help="a paper's exact recipe (keras_one.protocols), which sets "
+        "--epochs, --batch-size, --learning-rate and --weight-decay, and "
+        "the optimizer's momentum and schedule (default: none, the "
+        "reduced recipe with a cosine decay)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="(default: 80)"
+    )
     parser.add_argument(
         "--train-examples",
         type=int,
@@ -107,9 +127,15 @@ def build_parser():
         "its slice; results then average over data as well as seeds",
     )
     parser.add_argument("--branches", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=0.1)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="(default: 128)"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="(default: 0.1)"
+    )
+    parser.add_argument(
+        "--weight-decay", type=float, default=None, help="(default: 5e-4)"
+    )
     parser.add_argument(
         "--rampup-fraction",
         type=float,
@@ -201,19 +227,22 @@ def train_slice(args, seed):
     return seed % slice_count(y_train, args.train_examples)
 
 
-def load_data(args, seed, views=1, slice_index=None):
+def load_data(args, seed, views=1, slice_index=None, with_index=False):
     """`(train_ds, test_ds, heldout_ds or None, info dict)`.
 
     `seed` shuffles the training images; with `--train-examples`, they are
     slice `slice_index` (default: the slice of the run of `seed`, see
-    `train_slice`). `views > 1` gives every image that many views (PCL's
-    peers).
+    `train_slice`). `views` and `with_index` are the options a method's
+    data needs (`keras_one.methods.data_options`): `views > 1` gives every
+    image that many views (PCL's peers), `with_index` each example's index
+    in its split (MCL-OKD).
     """
     from keras_one import data
 
+    options = dict(views=views, with_index=with_index)
     if args.train_examples is None:
         train_ds, test_ds, info = data.load(
-            args.data, batch_size=args.batch_size, seed=seed, views=views
+            args.data, batch_size=args.batch_size, seed=seed, **options
         )
         return train_ds, test_ds, None, _info_dict(info)
     if not str(args.data).lower().endswith(".npz"):
@@ -241,7 +270,7 @@ def load_data(args, seed, views=1, slice_index=None):
         y_test,
         batch_size=args.batch_size,
         seed=seed,
-        views=views,
+        **options,
         **stats,
     )
     heldout_ds = None
@@ -249,7 +278,7 @@ def load_data(args, seed, views=1, slice_index=None):
         # (Its training pipeline, over the subset, is not used.)
         _, heldout_ds, _ = data.load_arrays(
             x_sub, y_sub, x_train[rest], y_train[rest],
-            batch_size=args.batch_size, views=views, **stats,
+            batch_size=args.batch_size, **options, **stats,
         )  # fmt: skip
     return train_ds, test_ds, heldout_ds, _info_dict(info)
 
@@ -301,19 +330,24 @@ def rampup_fraction(name, args):
     return fraction
 
 
-def _make_method(name, args, teachers=()):
+def _make_method(name, args, teachers=(), train_ds=None):
+    """Method `name` for a run on `train_ds` (`keras_one.methods.create`).
+
+    A method that reads its training data (MCL-OKD's labels by example
+    index) iterates `train_ds` once here, before training: the same for
+    every run of a seed, so runs stay reproducible.
+    """
     from keras_one import methods
 
     method_class = methods.get(name)
-    kwargs = {}
-    if method_class.info.teachers == "per_branch":
-        kwargs["teachers"] = list(teachers)
-    elif method_class.info.teachers == "one":
-        kwargs["teacher"] = teachers[0]
-    kwargs["rampup_epochs"] = methods.rampup_epochs(
-        method_class, args.epochs, rampup_fraction(name, args)
+    return methods.create(
+        method_class,
+        train_ds=train_ds,
+        teachers=teachers,
+        rampup_epochs=methods.rampup_epochs(
+            method_class, args.epochs, rampup_fraction(name, args)
+        ),
     )
-    return method_class(**kwargs)
 
 
 def _teacher_dir(args):
@@ -330,6 +364,7 @@ def _recipe(args, model, train_ds, test_ds, info):
         epochs=args.epochs,
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
+        protocol=args.protocol,
         verbose=args.verbose,
     )
 
@@ -417,10 +452,12 @@ def run_one(name, seed, args):
     from keras_one import experiment
     from keras_one import methods
 
-    views = 1
+    # A method whose data is not plain images (PCL's views, MCL-OKD's
+    # example indices) is trained and tested on data loaded so.
+    options = {}
     if name != BASELINE:
-        views = methods.data_views(methods.get(name), args.branches)
-    train_ds, test_ds, heldout_ds, info = load_data(args, seed, views)
+        options = methods.data_options(methods.get(name), args.branches)
+    train_ds, test_ds, heldout_ds, info = load_data(args, seed, **options)
     recipe = _recipe(args, args.model, train_ds, test_ds, info)
     keras.utils.set_random_seed(seed)
     record = {"method": name, "seed": seed}
@@ -442,7 +479,9 @@ def run_one(name, seed, args):
         if teachers:
             record["teachers"] = [teacher for _, teacher in teachers]
         keras.utils.set_random_seed(seed)
-        method = _make_method(name, args, [model for model, _ in teachers])
+        method = _make_method(
+            name, args, [model for model, _ in teachers], train_ds
+        )
         record["rampup_epochs"] = method.rampup_epochs
         distiller, scores = experiment.train_distiller(
             method, num_branches=args.branches, **recipe
@@ -772,12 +811,57 @@ def plot(summary, path, title):
 # === Main ===
 
 
+# The recipe without --protocol; a protocol sets these itself.
+RECIPE_DEFAULTS = {
+    "epochs": 80,
+    "batch_size": 128,
+    "learning_rate": 0.1,
+    "weight_decay": 5e-4,
+}
+
+
+def resolve_recipe(args):
+    """Fills the recipe flags from `--protocol` or from `RECIPE_DEFAULTS`.
+
+    A recipe flag given with `--protocol` is refused (SystemExit), before
+    anything trains.
+    """
+    given = [key for key in RECIPE_DEFAULTS if getattr(args, key) is not None]
+    if args.protocol is None:
+        for key, value in RECIPE_DEFAULTS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        return args
+    if given:
+        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        raise SystemExit(
+            f"--protocol {args.protocol} sets --epochs, --batch-size, "
+            f"--learning-rate and --weight-decay; drop {flags} (or drop "
+            "--protocol)."
+        )
+    from keras_one import protocols
+
+    for key, value in protocols.get(args.protocol).settings().items():
+        setattr(args, key, value)
+    return args
+
+
+def parse_args(argv=None):
+    """The command line's arguments, the recipe resolved (`resolve_recipe`)."""
+    return resolve_recipe(build_parser().parse_args(argv))
+
+
 def protocol_of(args):
-    """The settings that make results comparable (those of one file)."""
+    """The settings that make results comparable (those of one file).
+
+    `protocol` is left out when it is `None`, so files written before the
+    flag existed compare equal to runs without it.
+    """
     return {
         key: value
         for key, value in vars(args).items()
-        if key
+        if not (key == "protocol" and value is None)
+        and key
         not in (
             "output", "chart", "verbose", "methods", "seeds", "merge",
             # Recorded with each run that uses teachers instead.
@@ -820,7 +904,7 @@ def _merge(results, paths, protocol, done):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from keras_one import methods
 
     for name in args.methods:

@@ -7,6 +7,8 @@ from keras_one import layers
 from keras_one import losses
 from keras_one import methods
 from keras_one import models
+from keras_one import pipelines
+from keras_one import protocols
 from keras_one import recipes
 from keras_one.distiller import Distiller
 from keras_one.version import __version__

@@ -27,12 +27,19 @@ def _add_train_arguments(train):
     keras_one_cli._add_train_arguments(train, methods.names())
 
 
-def _load_dataset(args, batch_size, augment=True, views=1):
+def _load_dataset(args, batch_size, augment=True, views=1, with_index=False):
+    """`keras_one.data.load` of `--dataset`; errors as `keras-one: error:`.
+
+    `views` and `with_index` are what a method's data needs
+    (`keras_one.methods.data_options`): pass them as `**options`.
+    """
     from keras_one import data
 
     options = _data_options(args)
     if views > 1:
         options["views"] = views
+    if with_index:
+        options["with_index"] = True
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
@@ -152,23 +159,88 @@ def _check_method_arguments(args):
     if info.teachers == "none" and teachers:
         raise _error(f"{method} takes no --teacher")
     for path in teachers:
+        if path.startswith(HUB_PREFIX):
+            _check_hub_teacher(path)
+            continue
         if not os.path.isfile(path):
-            raise _error(f"--teacher {path}: no such file")
+            raise _error(
+                f"--teacher {path}: no such file (a keras-hub classifier "
+                f"preset is written {HUB_PREFIX}<preset or preset folder>)"
+            )
         if not path.endswith(".keras"):
             raise _error(
                 f"--teacher {path} is not a .keras file: save the teacher "
-                "with model.save('teacher.keras')"
+                "with model.save('teacher.keras'), or pass a keras-hub "
+                f"classifier preset as {HUB_PREFIX}<preset or preset folder>"
             )
 
 
-def _load_teachers(args):
+# `--teacher hub:<preset>`: a keras-hub classifier preset, or preset folder.
+HUB_PREFIX = "hub:"
+
+
+def _check_hub_teacher(path):
+    """Refuses a malformed `--teacher hub:...` (or one without keras-hub)."""
+    from keras_one import _hub
+
+    preset = path[len(HUB_PREFIX) :]
+    if not preset:
+        raise _error(
+            f"--teacher {path} names no preset: write "
+            f"{HUB_PREFIX}<keras-hub classifier preset> (e.g. "
+            f"{HUB_PREFIX}resnet_18_imagenet) or {HUB_PREFIX}<preset folder>"
+        )
+    try:
+        _hub.check_preset_name(preset, f"--teacher {path}")
+    except (ValueError, ImportError) as error:
+        # Its messages are one line naming the flag and the fix: unabridged.
+        raise _error(" ".join(str(error).split())) from None
+
+
+def _load_teachers(args, info=None):
+    """The `--teacher` models; a keras-hub preset reads the data's images
+    through its own preprocessing, `info`'s normalization undone first."""
     return [
-        _load_model(path, name=f"--teacher {path}")
+        _load_hub_teacher(path, info)
+        if path.startswith(HUB_PREFIX)
+        else _load_model(path, name=f"--teacher {path}")
         for path in args.teacher or []
     ]
 
 
-def _make_method(args, teachers=None):
+def _load_hub_teacher(path, info):
+    """`--teacher hub:<preset>` as a `pretrained_teacher`, or one line."""
+    from keras_one import _hub
+    from keras_one.models import pretrained_teacher
+
+    _check_hub_teacher(path)
+    feature = f"--teacher {path}"
+    try:
+        keras_hub = _hub.keras_hub_module(feature)
+        classifier = _hub.from_preset(
+            keras_hub.models.ImageClassifier,
+            path[len(HUB_PREFIX) :],
+            feature,
+            local_fix=(
+                f"a preset folder saved with save_to_preset() "
+                f"(--teacher {HUB_PREFIX}./folder) or a .keras file "
+                "(--teacher teacher.keras)"
+            ),
+        )
+        return pretrained_teacher(
+            classifier, None if info is None else info.preprocessing
+        )
+    except (ValueError, TypeError, ImportError) as error:
+        raise _error(" ".join(str(error).split())) from None
+
+
+def _make_method(args, teachers=None, data_arguments=None):
+    """The `--method` of `args`, constructed as its description asks.
+
+    `data_arguments`: what the method reads from its training data
+    (`keras_one.methods.data_arguments`, MCL-OKD's labels by example
+    index), for the methods that read any.
+    """
     from keras_one import methods
 
     method_class = methods.get(args.method)
@@ -183,14 +255,11 @@ def _make_method(args, teachers=None):
     _check_method_arguments(args)
     if teachers is None:
         teachers = _load_teachers(args)
-    if method_class.info.teachers == "one":
-        kwargs["teacher"] = teachers[0]
-    elif method_class.info.teachers == "per_branch":
-        kwargs["teachers"] = teachers
-    return method_class(**kwargs)
+    kwargs.update(data_arguments or {})
+    return methods.create(method_class, teachers=teachers, **kwargs)
 
 
-def _check_student(args, info, teachers):
+def _check_student(args, info, teachers, data_arguments=None):
     """Builds the method's student once, before any training.
 
     A teacher that does not fit the data (classes, image shape) or a
@@ -216,13 +285,19 @@ def _check_student(args, info, teachers):
             ) from None
         classes = select_logits(spec).shape[-1]
         if classes != num_classes:
+            fix = "pass teachers trained on this dataset"
+            if path.startswith(HUB_PREFIX):
+                fix = (
+                    "fine-tune the classifier on this dataset and pass the "
+                    "folder it is saved to with save_to_preset() (see "
+                    "examples/hub_teacher_kd.py)"
+                )
             raise _error(
                 f"--teacher {path} predicts {classes} classes but --dataset "
-                f"{args.dataset} has {num_classes}: pass teachers trained on "
-                "this dataset"
+                f"{args.dataset} has {num_classes}: {fix}"
             )
-    method = _make_method(args, teachers)
     try:
+        method = _make_method(args, teachers, data_arguments)
         student = method.build_student(
             args.model,
             num_classes=num_classes,
@@ -230,11 +305,21 @@ def _check_student(args, info, teachers):
             num_branches=args.branches or method.info.branches,
         )
         Distiller(student, method)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, ImportError) as error:
         raise _error(
             f"--method {args.method} with --model {args.model}: "
             f"{_one_line(error)}"
         ) from None
+
+
+def _check_model_name(name):
+    """Refuses an unknown --model (or a hub: one without keras-hub) early."""
+    from keras_one import models
+
+    try:
+        models.get(name)
+    except (ValueError, ImportError) as error:
+        raise _error(f"--model {name}: {_one_line(error)}") from None
 
 
 def train(args):
@@ -242,6 +327,7 @@ def train(args):
 
     if args.model is None:
         args.model = "resnet8" if args.dataset == "digits" else "resnet32"
+    _check_model_name(args.model)
     _check_method_arguments(args)
     run = _Run(args)  # refuses a taken folder before anything is loaded
     if run.finished:
@@ -281,20 +367,23 @@ def _train(args, run):
     train_baseline = not args.no_baseline and baseline is None
     # Each stage trains on a pipeline of its own, never iterated before, so
     # its epochs get the same data whether the baseline trained before it or
-    # not, in this process or before an interruption. A method whose branches
-    # each take their own view of the image (PCL) trains on data with that
-    # many views; the baseline on plain images.
-    views = methods.data_views(methods.get(args.method), args.branches)
+    # not, in this process or before an interruption. A method whose data
+    # is not plain images (`methods.data_options`: PCL's views of each
+    # image, MCL-OKD's example indices) trains and is tested on data loaded
+    # so; the baseline on plain images.
+    method_class = methods.get(args.method)
+    options = methods.data_options(method_class, args.branches)
     method_data = {}
-    if views > 1:
+    if options:
         method_data["train_ds"], method_data["test_ds"], _ = _load_dataset(
-            args, args.batch_size, views=views
+            args, args.batch_size, **options
         )
     elif train_baseline:
         method_data["train_ds"], _, _ = _load_dataset(args, args.batch_size)
+    data_arguments = _method_data_arguments(args, method_class, options)
     # Teachers, branches and student checked before anything trains.
-    teachers = _load_teachers(args)
-    _check_student(args, info, teachers)
+    teachers = _load_teachers(args, info)
+    _check_student(args, info, teachers, data_arguments)
     run.open()
     print(f"Run folder: {run.path}")
     recipe = dict(
@@ -306,6 +395,7 @@ def _train(args, run):
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
         schedule=args.schedule,
+        protocol=args.protocol,
         verbose=args.verbose,
     )
     results = {"arguments": vars(args)}
@@ -348,7 +438,7 @@ def _train(args, run):
     branches = f", {args.branches} branches" if args.branches else ""
     print(f"Training {name} ({args.model}{branches})...")
     keras.utils.set_random_seed(args.seed)
-    method = _make_method(args, teachers)
+    method = _make_method(args, teachers, data_arguments)
     distiller, scores, _ = _train_stage(
         run,
         args.method,
@@ -414,6 +504,26 @@ def _train(args, run):
     return results
 
 
+def _method_data_arguments(args, method_class, options):
+    """What the method reads from its training data (`data_arguments`).
+
+    MCL-OKD's labels by example index, read from an un-augmented pipeline
+    of their own: the one the method trains on stays fresh (see `_train`).
+    Nothing (and no pipeline) for the methods that read nothing.
+    """
+    from keras_one import methods
+
+    if not method_class.info.example_index:
+        return {}
+    labels_ds, _, _ = _load_dataset(
+        args, args.batch_size, augment=False, **options
+    )
+    try:
+        return methods.data_arguments(method_class, labels_ds)
+    except ValueError as error:
+        raise _error(f"--method {args.method}: {_one_line(error)}") from None
+
+
 def _record_resolved(results, args, info, method, distiller, train_ds):
     """Adds to a run's `results` every value it used, defaults resolved.
 
@@ -438,9 +548,9 @@ def _record_resolved(results, args, info, method, distiller, train_ds):
         "batch_size": args.batch_size,
         "steps_per_epoch": steps,
         "seed": args.seed,
-        "optimizer": "SGD, Nesterov momentum 0.9",
+        "optimizer": _optimizer_description(args.protocol),
         "learning_rate": args.learning_rate,
-        "schedule": args.schedule,
+        "schedule": _schedule_description(args),
         "weight_decay": args.weight_decay,
         "baseline": not args.no_baseline,
     }
@@ -513,6 +623,28 @@ def _versions(with_tfds=False):
     return versions
 
 
+def _optimizer_description(protocol):
+    if protocol is None:
+        return "SGD, Nesterov momentum 0.9"
+    from keras_one import protocols
+
+    protocol = protocols.get(protocol)
+    kind = "Nesterov momentum" if protocol.nesterov else "momentum"
+    return f"SGD, {kind} {protocol.momentum:g} (protocol {protocol.name})"
+
+
+def _schedule_description(args):
+    if args.protocol is None:
+        return args.schedule
+    from keras_one import protocols
+
+    protocol = protocols.get(args.protocol)
+    if protocol.schedule == "cosine":
+        return "cosine decay to 0"
+    epochs = " and ".join(str(m) for m in protocol.milestones)
+    return f"step: x{protocol.factor:g} from epochs {epochs} (0-based)"
+
+
 def _train_stage(run, name, train_function, recipe, **options):
     """Trains one stage (`train_baseline` or `train_distiller`) of `run`.
 
@@ -576,6 +708,8 @@ def _nonfinite_stage(error, name, stage, recipe):
             "start a new run with a lower --learning-rate (this one: "
             f"{recipe['learning_rate']:g})"
         )
+        if recipe.get("protocol") is not None:
+            fix = f"{fix}, without --protocol {recipe['protocol']}"
     epochs = len(stage.epochs)
     kept = (
         f"its backup keeps the last finite epoch ({epochs})"
@@ -868,6 +1002,11 @@ def _resume_arguments(args, argv):
     folder = args.resume
     record = _read_record(folder)
     recorded = record["arguments"]
+    if recorded.get("command") == "pipeline":
+        raise _error(
+            f"--resume {folder} is a keras-one pipeline run: resume it with "
+            f"keras-one pipeline --resume {shlex.quote(folder)}"
+        )
     defaults = vars(build_parser().parse_args(["train"]))
     given = _given_train_flags(argv)
     conflicts = []
@@ -910,12 +1049,43 @@ def _found_again(value, cwd):
     """A relative path of another working folder `cwd`, if it is there."""
     if isinstance(value, list):
         return [_found_again(item, cwd) for item in value]
+    if isinstance(value, str) and value.startswith(HUB_PREFIX):
+        return HUB_PREFIX + _found_again(value[len(HUB_PREFIX) :], cwd)
     if not isinstance(value, str) or not cwd or os.path.isabs(value):
         return value
     if os.path.exists(value):
         return value
     elsewhere = os.path.join(cwd, value)
     return elsewhere if os.path.exists(elsewhere) else value
+
+
+# The `train` flags a protocol sets (`keras_one.protocols`).
+PROTOCOL_FLAGS = ("epochs", "batch_size", "learning_rate", "weight_decay")
+
+
+def _apply_protocol(args, argv):
+    """Sets the recipe flags of `--protocol`; refuses any given with it."""
+    from keras_one import protocols
+
+    protocol = protocols.get(args.protocol)
+    given = _given_train_flags(argv)
+    conflicts = [
+        flag
+        for dest, flag in sorted(given.items())
+        if dest in (*PROTOCOL_FLAGS, "schedule")
+    ]
+    if conflicts:
+        settings = ", ".join(
+            f"--{dest.replace('_', '-')} {value:g}"
+            for dest, value in protocol.settings().items()
+        )
+        raise _error(
+            f"--protocol {protocol.name} sets {settings} and its schedule; "
+            f"drop {', '.join(conflicts)} (or drop --protocol)"
+        )
+    for dest, value in protocol.settings().items():
+        setattr(args, dest, value)
+    args.schedule = protocol.schedule
 
 
 def _given_train_flags(argv):
@@ -1047,18 +1217,26 @@ def _evaluate_keras(args):
     """`(scores, info)` of a saved Distiller or a .keras export."""
     from keras_one import Distiller
     from keras_one import export as export_module
+    from keras_one import methods
 
     model = _load_model(args.model_path)
-    # A student (or an ensemble export) with one input per view (PCL) is
-    # given the test images once per input.
-    network = model.student if isinstance(model, Distiller) else model
-    views = len(getattr(network, "inputs", None) or [None])
-    if network is model and export_module.has_preprocessing(model):
+    if isinstance(model, Distiller):
+        # The data its method trains on (`methods.data_options`): PCL's
+        # student takes the test images once per view, MCL-OKD's with
+        # their indices (which evaluation does not read).
+        options = methods.data_options(model.method, model.num_branches)
+    else:
+        # An ensemble export with one input per view (PCL) is given the
+        # test images once per input.
+        options = {"views": len(getattr(model, "inputs", None) or [None])}
+    if not isinstance(model, Distiller) and export_module.has_preprocessing(
+        model
+    ):
         # An export taking raw images: the test split, not normalized.
         _, test_ds, info = _load_raw_test(args, args.batch_size)
     else:
         _, test_ds, info = _load_dataset(
-            args, args.batch_size, augment=False, views=views
+            args, args.batch_size, augment=False, **options
         )
     if isinstance(model, Distiller):
         if not model.compiled:
@@ -1245,7 +1423,14 @@ def _export_metadata(args, distiller):
         )
     preprocessing, class_names = found
     shape = list(preprocessing["input_shape"])
-    student_shape = [list(t.shape[1:]) for t in distiller.student.inputs]
+    # The image inputs: not the example index of a method that reads one
+    # (MCL-OKD), which its exports do not take.
+    from keras_one.data.example_index import INDEX_KEY
+
+    skip = INDEX_KEY if distiller.method.info.example_index else None
+    student_shape = [
+        list(t.shape[1:]) for t in distiller.student.inputs if t.name != skip
+    ]
     if any(s != shape for s in student_shape):
         raise _error(
             f"the preprocessing of {source} is for images of shape {shape}, "
@@ -1502,17 +1687,26 @@ def main(argv=None):
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)
+    from keras_one import _cli_pipeline
+
     if args.command == "train" and args.resume is not None:
         args = _resume_arguments(args, sys.argv[1:] if argv is None else argv)
+    elif args.command == "train" and args.protocol is not None:
+        _apply_protocol(args, sys.argv[1:] if argv is None else argv)
+    if args.command == "pipeline" and args.resume is not None:
+        args = _cli_pipeline.resume_arguments(
+            args, sys.argv[1:] if argv is None else argv
+        )
     command = {
         "train": train,
         "evaluate": evaluate,
         "export": export,
         "predict": predict,
+        "pipeline": _cli_pipeline.pipeline,
     }
     try:
         command[args.command](args)
-    except KeyboardInterrupt:  # `train` handles its own, with a backup
+    except KeyboardInterrupt:  # `train` and `pipeline` handle their own
         print("keras-one: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     return 0

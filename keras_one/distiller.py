@@ -519,8 +519,18 @@ class Distiller(KerasWorkarounds, keras.Model):
         built on the first call of `fit` (or `evaluate`, ...) from the
         shapes of its data: arrays, tensors, a `tf.data.Dataset` or a
         `keras.utils.PyDataset`, of one image or of one per view.
+
+        Data with fewer inputs than a built student takes (one image for
+        PCL's views, or without MCL-OKD's example index) is refused here,
+        before Keras runs the step, with a one-line error naming the data
+        option that gives them (`_check_views`).
         """
         if self.built:
+            # (Not a PyDataset: reading its first batch again may cost.)
+            if not isinstance(x, keras.utils.PyDataset):
+                inputs = _symbolic_inputs(x)
+                if inputs is not None:
+                    _check_views(self.student, inputs, self.method)
             return
         inputs = _symbolic_inputs(x)
         if inputs is None:
@@ -591,7 +601,7 @@ class Distiller(KerasWorkarounds, keras.Model):
     # === Forward pass and loss ===
 
     def call(self, inputs, training=None):
-        _check_views(self.student, inputs)
+        _check_views(self.student, inputs, self.method)
         return normalize_outputs(self.student(inputs, training=training))
 
     def _labels(self, labels, check=True):
@@ -623,7 +633,13 @@ class Distiller(KerasWorkarounds, keras.Model):
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            tf.debugging.Assert(tf.reduce_all(valid), [message])
+            # The labels pass through the check, so that no op reading
+            # them (the cross-entropy, whose own error names no fix) can
+            # run before it.
+            with tf.control_dependencies(
+                [tf.debugging.Assert(tf.reduce_all(valid), [message])]
+            ):
+                labels = tf.identity(labels)
         elif keras.backend.backend() == "torch":
             # Eager: the values are known here. (JAX's compiled step cannot
             # raise; `compute_loss` makes its loss NaN instead.)
@@ -1242,17 +1258,33 @@ def _symbolic_inputs(x):
         return None
 
 
-def _check_views(student, inputs):
-    """Refuses one image per example for a student with one input per view."""
+def _check_views(student, inputs, method=None):
+    """Refuses one image per example for a student with several inputs.
+
+    A student with one input per view (PCL), or with the example index as
+    a second input (a method with `info.example_index`, MCL-OKD): the
+    error names the data option that gives what it takes.
+    """
     views = len(getattr(student, "inputs", None) or ())
     given = len(inputs) if isinstance(inputs, (list, tuple, dict)) else 1
-    if views > 1 and given != views:
+    if views <= 1 or given == views:
+        return
+    info = getattr(method, "info", None)
+    if info is not None and info.example_index:
         raise ValueError(
-            f"The student takes {views} inputs but was given {given}. For a "
-            "student with one view per branch (PCL), load the data with "
-            f"keras_one.data.load(..., views={views}) or pass a tuple of "
-            f"{views} image arrays."
+            f"The student takes {views} inputs, the images and each "
+            f"example's index, but was given {given}: "
+            f"{type(method).__name__} keeps state per training example, so "
+            "load the data with keras_one.data.load(..., with_index=True), "
+            "whose batches are ({'image': images, 'example_index': "
+            "indices}, labels)."
         )
+    raise ValueError(
+        f"The student takes {views} inputs but was given {given}. For a "
+        "student with one view per branch (PCL), load the data with "
+        f"keras_one.data.load(..., views={views}) or pass a tuple of "
+        f"{views} image arrays."
+    )
 
 
 class Predictions(dict):

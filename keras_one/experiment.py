@@ -3,7 +3,8 @@
 One recipe for every run, so that a baseline and a distillation method are
 trained with exactly the same data, schedule, seed and evaluation: SGD with
 Nesterov momentum 0.9 and a learning-rate schedule over all steps (a cosine
-decay, or ONE's official steps: x0.1 at 50% and 75% of training).
+decay, or ONE's official steps: x0.1 at 50% and 75% of training), or a
+paper's exact recipe (`protocol=`, see `keras_one.protocols`).
 """
 
 import time
@@ -11,6 +12,7 @@ import time
 import keras
 
 from keras_one import models
+from keras_one import protocols
 from keras_one.distiller import Distiller
 from keras_one.distiller import _NonFiniteLossGuard
 from keras_one.distiller import nonfinite_error
@@ -50,6 +52,27 @@ def make_sgd(
             f"Unknown schedule {schedule!r}; choose one of {SCHEDULES}."
         )
     return keras.optimizers.SGD(rate, momentum=momentum, nesterov=nesterov)
+
+
+def optimizer_for(
+    protocol, learning_rate, epochs, steps_per_epoch, schedule="cosine"
+):
+    """The optimizer of a run: `protocol`'s (a name or a `Protocol`), or
+    `make_sgd(learning_rate, epochs * steps_per_epoch, schedule)`.
+
+    A protocol fixes the epochs its schedule counts: a run of other
+    `epochs` is refused, as its learning-rate steps would fall elsewhere.
+    """
+    if protocol is None:
+        return make_sgd(learning_rate, epochs * steps_per_epoch, schedule)
+    protocol = protocols.get(protocol)
+    if epochs != protocol.epochs:
+        raise ValueError(
+            f"The protocol {protocol.name!r} trains {protocol.epochs} "
+            f"epochs; got epochs={epochs}. Pass epochs={protocol.epochs} "
+            "or no protocol."
+        )
+    return protocol.optimizer(steps_per_epoch)
 
 
 def classes_and_shape(info):
@@ -159,6 +182,7 @@ def train_baseline(
     schedule="cosine",
     verbose=1,
     callbacks=(),
+    protocol=None,
 ):
     """Trains the single-branch network, the reference of every method.
 
@@ -175,6 +199,11 @@ def train_baseline(
             `make_sgd`).
         verbose: Keras verbosity (1: progress bar).
         callbacks: extra Keras callbacks.
+        protocol: `None`, or a paper's recipe (a `keras_one.protocols`
+            name or `Protocol`) whose optimizer and schedule replace
+            `learning_rate` and `schedule`; `epochs` must be its epochs
+            (pass its `weight_decay` and batch the data by its
+            `batch_size` as well).
 
     Returns:
         `(model, results)`: results hold the test `accuracy`, the epoch
@@ -193,7 +222,9 @@ def train_baseline(
         weight_decay=weight_decay,
     )
     network.compile(
-        optimizer=make_sgd(learning_rate, epochs * len(train_ds), schedule),
+        optimizer=optimizer_for(
+            protocol, learning_rate, epochs, len(train_ds), schedule
+        ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
@@ -233,6 +264,7 @@ def train_distiller(
     schedule="cosine",
     verbose=1,
     callbacks=(),
+    protocol=None,
 ):
     """Trains `method`'s default student with the same recipe as the baseline.
 
@@ -261,7 +293,9 @@ def train_distiller(
     )
     distiller = Distiller(student, method)
     distiller.compile(
-        optimizer=make_sgd(learning_rate, epochs * len(train_ds), schedule)
+        optimizer=optimizer_for(
+            protocol, learning_rate, epochs, len(train_ds), schedule
+        )
     )
     history, seconds = _fit(
         distiller, train_ds, test_ds, epochs, verbose, callbacks

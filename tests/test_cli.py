@@ -235,3 +235,51 @@ def test_train_with_a_teacher(tmp_path):
         saved_teacher.get_weights(), teacher.get_weights(), strict=True
     ):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_a_method_with_example_indices_trains_exports_and_evaluates(
+    tmp_path,
+):
+    """`train --method mcl_okd`: data loaded as its description asks.
+
+    MCL-OKD (`info.example_index`) trains and is tested on data with each
+    example's index, and is constructed with the labels by index; its
+    deployed (last) branch exports from images alone.
+    """
+    out = tmp_path / "run"
+    cli.main(
+        ["train", "--method", "mcl_okd", "--branches", "2", "--epochs", "1",
+         "--batch-size", "256", "--no-baseline", "--verbose", "0",
+         "--output-dir", str(out)]
+    )  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    scores = results["mcl_okd"]
+    assert len(scores["branch_accuracy"]) == 2
+    assert results["mcl_okd"]["history"]["nce"][0] > 0
+    num_examples = results["method"]["arguments"]["num_examples"]
+    assert num_examples == results["dataset"]["num_train_examples"] == 1437
+    # The saved distiller is scored on indexed test data, as in training.
+    evaluated = tmp_path / "scores.json"
+    distiller = str(out / "distiller.keras")
+    cli.main(
+        ["evaluate", distiller, "--verbose", "0", "--output", str(evaluated)]
+    )
+    got = json.loads(evaluated.read_text())
+    np.testing.assert_allclose(
+        [got["branch_0_accuracy"], got["branch_1_accuracy"]],
+        scores["branch_accuracy"],
+        atol=1e-6,
+    )
+    # The deployed (last) branch, exported with its preprocessing: one
+    # input, the raw images, and scored as in training.
+    branch = tmp_path / "deployed.keras"
+    cli.main(["export", distiller, "--branch", "1", "--output", str(branch)])
+    assert len(keras.saving.load_model(branch).inputs) == 1
+    cli.main(
+        ["evaluate", str(branch), "--verbose", "0", "--output", str(evaluated)]
+    )
+    np.testing.assert_allclose(
+        json.loads(evaluated.read_text())["accuracy"],
+        scores["branch_accuracy"][1],
+        atol=1e-6,
+    )

@@ -1,6 +1,6 @@
-"""The KD, EKD, SOKD, OEC and PCL examples run as written (--small).
+"""The KD, EKD, SOKD, OEC, PCL and MCL-OKD examples run as written (--small).
 
-All five run in one subprocess (each as `__main__`, through `runpy`) so
+All six run in one subprocess (each as `__main__`, through `runpy`) so
 TensorFlow is imported once; they write their exported models into a
 temporary working directory.
 """
@@ -10,7 +10,7 @@ import re
 import pytest
 from example_runner import run_examples
 
-NAMES = ("kd", "ekd", "sokd", "oec", "pcl")
+NAMES = ("kd", "ekd", "sokd", "oec", "pcl", "mcl_okd")
 # The lines each example prints, and the accuracies that a few epochs on
 # the digits reach far above chance (10%).
 EXPECTED = {
@@ -24,6 +24,7 @@ EXPECTED = {
     "sokd": ["teacher accuracy", "bridge", "exported student accuracy"],
     "oec": ["exported student 0 (100.0% ", "ensemble teacher accuracy"],
     "pcl": ["peer 2 accuracy", "exported temporal mean of peer 0 accuracy"],
+    "mcl_okd": ["branch 3 accuracy", "exported student (last branch) accuracy"],
 }
 
 
@@ -85,6 +86,7 @@ def test_exported_students_load_as_plain_keras(outputs):
         "kd_student.keras",
         "sokd_student.keras",
         "pcl_cifar10_mean_peer0.keras",
+        "mcl_okd_cifar10_student.keras",
     ):
         model = keras.saving.load_model(outputs["cwd"] / name)
         assert all(

@@ -28,6 +28,7 @@ def make_pipeline(
     cache=False,
     num_examples=None,
     views=1,
+    with_index=False,
 ):
     """Builds a batched, prefetched pipeline from `(image, label)` examples.
 
@@ -52,12 +53,24 @@ def make_pipeline(
             stateless seed `(example seed, view index)` (so `view_0` is the
             image that `views=1` gives); in evaluation every view is the
             same un-augmented image.
+        with_index: if `True`, each example also carries its position in
+            `dataset` (whose order must not change between iterations),
+            numbered before caching and shuffling, so stable across epochs:
+            batches are `({"image": images, "example_index": indices},
+            labels)`, indices int32 (for per-example state such as
+            MCL-OKD's memory banks). Not with `views > 1`.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)` batches, labels int32
-        (`images` a tuple of `views` batches when `views > 1`).
+        (`images` a tuple of `views` batches when `views > 1`, a dict with
+        the indices when `with_index`).
     """
     check_views(views)
+    check_with_index(with_index, views)
+    if with_index:
+        dataset = dataset.enumerate().map(
+            lambda index, example: (*example, tf.cast(index, "int32"))
+        )
     if cache:
         filename = "" if cache is True else str(cache)
         dataset = dataset.cache(filename)
@@ -73,19 +86,22 @@ def make_pipeline(
         dataset = tf.data.Dataset.zip((dataset, seeds))
 
         def transform(example, example_seed):
-            image, label = example
+            image, label, index = _parts(example)
             images = [
                 preprocess(
                     image, tf.stack([example_seed, tf.constant(view, "int64")])
                 )
                 for view in range(views)
             ]
-            return _views(images), _label(label)
+            return _inputs(images, index), _label(label)
 
     else:
 
-        def transform(image, label):
-            return _views([preprocess(image, None)] * views), _label(label)
+        def transform(*example):
+            image, label, index = _parts(example)
+            return _inputs([preprocess(image, None)] * views, index), _label(
+                label
+            )
 
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)
     return dataset.batch(batch_size).prefetch(AUTOTUNE)
@@ -95,8 +111,19 @@ def _label(label):
     return tf.reshape(tf.cast(label, "int32"), [])
 
 
-def _views(images):
-    """One image as itself; several as a tuple (the inputs of the student)."""
+def _parts(example):
+    """`(image, label, index)` of an example, `index` None if it has none."""
+    return (*example, None) if len(example) == 2 else tuple(example)
+
+
+def _inputs(images, index):
+    """The student's inputs: one image, a tuple of views, or a dict.
+
+    One image is itself and several a tuple; with an example `index`, the
+    dict `{"image": image, "example_index": index}`.
+    """
+    if index is not None:
+        return {"image": images[0], "example_index": index}
     return images[0] if len(images) == 1 else tuple(images)
 
 
@@ -260,6 +287,18 @@ def check_views(views):
     valid = isinstance(views, (int, np.integer)) and not isinstance(views, bool)
     if not valid or views < 1:
         raise ValueError(f"views must be a positive integer; got {views!r}.")
+
+
+def check_with_index(with_index, views):
+    if not isinstance(with_index, (bool, np.bool_)):
+        raise ValueError(
+            f"with_index must be True or False; got {with_index!r}."
+        )
+    if with_index and views != 1:
+        raise ValueError(
+            f"with_index=True gives one image per example; views={views} "
+            "cannot apply: leave views out."
+        )
 
 
 def test_cache(cache):

@@ -24,6 +24,7 @@ def load_arrays(
     views=1,
     pixel_scale=None,
     raw=False,
+    with_index=False,
 ):
     """Builds training and test pipelines over NumPy arrays of images.
 
@@ -73,6 +74,11 @@ def load_arrays(
             scaled, augmented nor normalized): the input of a model
             exported with its preprocessing (`info.preprocessing`, which is
             the same either way).
+        with_index: `True` to give each example its index in its split
+            (the position of its row in the arrays): batches are then
+            `({"image": images, "example_index": indices}, labels)`, for
+            methods that keep state per training example (MCL-OKD, which
+            also reads `keras_one.data.example_labels(train_ds)`).
 
     Returns:
         `(train_ds, test_ds, info)`: two `tf.data.Dataset`s of
@@ -130,6 +136,7 @@ def load_arrays(
         views=views,
         pixel_scale=pixel_scale,
         raw=raw,
+        with_index=with_index,
     )
 
 
@@ -153,6 +160,7 @@ def build_pipelines(
     views=1,
     pixel_scale=None,
     raw=False,
+    with_index=False,
 ):
     """`load_arrays` with the names its messages use.
 
@@ -162,6 +170,7 @@ def build_pipelines(
     """
     _pipeline.check_batch_size(batch_size)
     _pipeline.check_views(views)
+    _pipeline.check_with_index(with_index, views)
     prefix = f"{source}: " if source else ""
     x_train, y_train = _check_split(x_train, y_train, splits[0], prefix)
     x_test, y_test = _check_split(x_test, y_test, splits[1], prefix)
@@ -217,6 +226,7 @@ def build_pipelines(
         shuffle_buffer=shuffle_buffer,
         num_examples=len(x_train),
         views=views,
+        with_index=with_index,
     )
     test_ds = _pipeline.make_pipeline(
         tf.data.Dataset.from_tensor_slices((x_test, y_test)),
@@ -224,6 +234,7 @@ def build_pipelines(
         training=False,
         batch_size=batch_size,
         views=views,
+        with_index=with_index,
     )
     info = DatasetInfo(
         name=name,

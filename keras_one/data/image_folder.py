@@ -40,6 +40,7 @@ def load_image_folder(
     shuffle_buffer=None,
     views=1,
     raw=False,
+    with_index=False,
 ):
     """Builds training and test pipelines over class-per-folder images.
 
@@ -112,6 +113,7 @@ def load_image_folder(
             resized to the input size, as float32; not augmented nor
             normalized): the input of a model exported with its
             preprocessing (`info.preprocessing`, the same either way).
+        with_index: not supported yet for image folders (refused).
 
     Returns:
         `(train_ds, test_ds, info)`: batched `tf.data.Dataset`s of float32
@@ -126,6 +128,13 @@ def load_image_folder(
     """
     _pipeline.check_batch_size(batch_size)
     _pipeline.check_views(views)
+    _pipeline.check_with_index(with_index, views)
+    if with_index:
+        raise ValueError(
+            "with_index=True is not supported for image folders yet: load "
+            "the images as arrays (keras_one.data.load_arrays(..., "
+            "with_index=True)) or from tensorflow-datasets."
+        )
     _pipeline.check_raw(raw, augment)
     directory = os.fspath(directory)
     if not os.path.isdir(directory):

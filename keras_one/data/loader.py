@@ -77,6 +77,11 @@ def load(
             source): the number of independently augmented views of each
             training image, for students that give each branch its own
             view (PCL; default 1, see `keras_one.data.load_arrays`);
+            `with_index=True` (arrays, `.npz`, digits, tfds): each example
+            also carries its index in its split, batches
+            `({"image": images, "example_index": indices}, labels)`, for
+            methods with per-example state (MCL-OKD; see
+            `keras_one.data.example_labels`);
             `raw=True` (every source): pipelines of the raw images (e.g.
             uint8 0-255 values, the digits' 0-16), un-augmented and
             unnormalized, as float32: the input of a model exported with

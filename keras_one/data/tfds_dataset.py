@@ -63,6 +63,7 @@ def load_tfds(
     shuffle_buffer=None,
     views=1,
     raw=False,
+    with_index=False,
 ):
     """Builds training and test pipelines for a tensorflow-datasets dataset.
 
@@ -137,6 +138,11 @@ def load_tfds(
             resized and cropped like the test images, as float32; not
             augmented nor normalized): the input of a model exported with
             its preprocessing (`info.preprocessing`, the same either way).
+        with_index: `True` to give each example its index in its split
+            (batches `({"image": images, "example_index": indices},
+            labels)`, see `keras_one.data.load_arrays`); the training
+            files are then read in their stored order, so that the indices
+            stay the same across epochs.
 
     Returns:
         `(train_ds, test_ds, info)`: batched `tf.data.Dataset`s of float32
@@ -153,6 +159,7 @@ def load_tfds(
 
     _pipeline.check_batch_size(batch_size)
     _pipeline.check_views(views)
+    _pipeline.check_with_index(with_index, views)
     _pipeline.check_raw(raw, augment)
     key = ALIASES.get(str(name).lower(), str(name))
     preset = PRESETS.get(key)
@@ -208,7 +215,9 @@ def load_tfds(
     def source(split_name, training):
         dataset = builder.as_dataset(
             split=split_name,
-            shuffle_files=training,
+            # Indexed examples keep the files' order (the shuffle buffer
+            # still shuffles them).
+            shuffle_files=training and not with_index,
             decoders=decoders,
             read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
         )
@@ -286,6 +295,7 @@ def load_tfds(
         cache=cache,
         num_examples=num_train,
         views=views,
+        with_index=with_index,
     )
     test_ds = _pipeline.make_pipeline(
         test_source,
@@ -294,6 +304,7 @@ def load_tfds(
         batch_size=batch_size,
         cache=_pipeline.test_cache(cache),
         views=views,
+        with_index=with_index,
     )
     info = DatasetInfo(
         name=key,

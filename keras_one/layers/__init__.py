@@ -1,6 +1,7 @@
 """Drop-in Keras layers for multi-branch networks."""
 
 from keras_one.layers.branch_split import BranchSplit
+from keras_one.layers.ensemble_average import EnsembleAverage
 from keras_one.layers.feature_fusion import FeatureFusion
 from keras_one.layers.fused_batch_normalization import FusedBatchNormalization
 from keras_one.layers.fused_conv2d import FusedConv2D

@@ -43,8 +43,9 @@ class GatedEnsemble(keras.layers.Layer):
 
     Call arguments:
         features: the shared features entering the branches, of shape
-            `(batch, height, width, channels)` (pooled over space) or
-            `(batch, channels)`.
+            `(batch, height, width, channels)` (pooled over space),
+            `(batch, tokens, channels)` (a transformer's, pooled over
+            tokens) or `(batch, channels)`.
         branch_logits: a list of `num_branches` tensors of shape
             `(batch, num_classes)`.
 
@@ -94,12 +95,17 @@ class GatedEnsemble(keras.layers.Layer):
                 f"GatedEnsemble(num_branches={self.num_branches}) received "
                 f"{len(branch_logits_shape)} branch logits."
             )
-        if len(features_shape) not in (2, 4):
+        if len(features_shape) not in (2, 3, 4):
             raise ValueError(
-                "GatedEnsemble features must be 2D (batch, channels) or 4D "
-                f"images; got shape {features_shape}."
+                "GatedEnsemble features must be 2D (batch, channels), 3D "
+                "token sequences (batch, tokens, channels) or 4D images; got "
+                f"shape {features_shape}."
             )
-        channels_axis = -1 if self.data_format == "channels_last" else 1
+        channels_axis = (
+            1
+            if self.data_format == "channels_first" and len(features_shape) == 4
+            else -1
+        )
         channels = features_shape[channels_axis]
         # torch's Linear initialization, BatchNorm1d momentum and epsilon.
         self.gate_dense = keras.layers.Dense(
@@ -127,6 +133,8 @@ class GatedEnsemble(keras.layers.Layer):
     def _pool(self, features):
         if len(features.shape) == 2:
             return features
+        if len(features.shape) == 3:  # tokens (a transformer's)
+            return ops.mean(features, axis=1)
         axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
         return ops.mean(features, axis=axes)
 

@@ -11,6 +11,9 @@ import pkgutil
 
 from keras_one.methods.method import Method
 from keras_one.methods.method_info import MethodInfo
+from keras_one.methods.method_info import create
+from keras_one.methods.method_info import data_arguments
+from keras_one.methods.method_info import data_options
 from keras_one.methods.method_info import data_views
 from keras_one.methods.method_info import rampup_epochs
 from keras_one.methods.registry import get
@@ -23,6 +26,16 @@ del _module
 globals().update({get(name).__name__: get(name) for name in names()})
 
 __all__ = sorted(
-    ["Method", "MethodInfo", "data_views", "get", "names", "rampup_epochs"]
+    [
+        "Method",
+        "MethodInfo",
+        "create",
+        "data_arguments",
+        "data_options",
+        "data_views",
+        "get",
+        "names",
+        "rampup_epochs",
+    ]
     + [get(name).__name__ for name in names()]
 )

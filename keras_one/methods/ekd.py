@@ -3,12 +3,14 @@ import difflib
 import keras
 from keras import ops
 
+from keras_one.graph import trace_calls
 from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
 from keras_one.methods.method_info import MethodInfo
 from keras_one.methods.teacher_method import TeacherMethod
 from keras_one.methods.teacher_method import select_logits
+from keras_one.student_outputs import symbolic_io
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -57,7 +59,10 @@ class EKD(TeacherMethod):
         temperature: `T`, default 4.
         feature_layers: `None` (logit distillation only), the name of a
             layer present in every teacher, or a list of layer names, one
-            per teacher.
+            per teacher. A layer of a model nested in a teacher (the
+            backbone of a keras-hub classifier) is named by its path, as
+            `keras_one.models.make_multi_branch` names it:
+            `"res_net_image_classifier/res_net_backbone/stack1_block0_out"`.
         feature_weight: weight of the feature term. Default 1.
         **kwargs: `Method` keyword arguments (`name`; `rampup_epochs`,
             default 0: none).
@@ -165,11 +170,11 @@ class EKD(TeacherMethod):
         for index, (teacher, layer_name) in enumerate(
             zip(self.teachers, self.feature_layers, strict=True)
         ):
-            feature = _layer_output(teacher, layer_name)
+            inputs, feature, logits = _layer_output(teacher, layer_name)
             self.feature_extractors.append(
                 keras.Model(
-                    teacher.inputs,
-                    {"features": feature, "logits": teacher.output},
+                    inputs,
+                    {"features": feature, "logits": logits},
                     name=f"teacher_{index}_features",
                 )
             )
@@ -283,30 +288,62 @@ class EKD(TeacherMethod):
 
 
 def _layer_output(teacher, layer_name):
-    try:
-        _ = teacher.output
-    except (AttributeError, ValueError):
+    """`(inputs, feature, logits)`: the teacher's graph and `layer_name`'s
+    output in it.
+
+    A layer of the teacher itself is read where the teacher computes it; a
+    layer of a model nested in it (a keras-hub teacher's backbone), named
+    by its path as `keras_one.models.make_multi_branch` names it
+    (`"res_net_image_classifier/res_net_backbone/stack1_block0_out"`), in
+    the teacher traced flat (`keras_one.graph.trace_calls`), which shares
+    its weights.
+    """
+    if symbolic_io(teacher) is None:
         raise ValueError(
             f"EKD feature transfer reads a layer inside teacher "
             f"{teacher.name!r}, which needs a functional or Sequential "
             "teacher; this one is subclassed. Use feature_layers=None."
-        ) from None
-    names = [layer.name for layer in teacher.layers]
-    if layer_name not in names:
-        close = difflib.get_close_matches(layer_name, names, n=5, cutoff=0.5)
-        hint = f" Did you mean one of {close}?" if close else ""
-        raise ValueError(
-            f"No layer named {layer_name!r} in teacher {teacher.name!r}."
-            f"{hint} Print teacher.summary() to see the layer names."
         )
-    feature = teacher.get_layer(layer_name).output
+    if not isinstance(layer_name, str):
+        raise TypeError(
+            "EKD feature_layers are layer names (strings such as "
+            f"'stage3_block1_out'); got {type(layer_name).__name__}."
+        )
+    names = [layer.name for layer in teacher.layers]
+    if layer_name in names:
+        inputs, logits = teacher.inputs, teacher.output
+        feature = teacher.get_layer(layer_name).output
+    else:
+        inputs, logits, calls = trace_calls(teacher)
+        found = [call for call in calls if call.path == layer_name]
+        if not found:
+            paths = [call.path for call in calls]
+            nested = [p for p in paths if p.rsplit("/", 1)[-1] == layer_name]
+            close = nested[:5] or difflib.get_close_matches(
+                layer_name, paths, n=5, cutoff=0.5
+            )
+            hint = f" Did you mean one of {close}?" if close else ""
+            raise ValueError(
+                f"No layer named {layer_name!r} in teacher {teacher.name!r}."
+                f"{hint} A layer inside a nested model is named by its "
+                "path, 'backbone_name/layer_name' "
+                "(keras_one.models.split_points(teacher) lists some)."
+            )
+        if len(found) > 1 or len(found[0].outputs) != 1:
+            raise ValueError(
+                f"EKD cannot read one feature tensor from layer "
+                f"{layer_name!r} of teacher {teacher.name!r}: it is called "
+                f"{len(found)} times or returns several tensors. Choose a "
+                "layer called once with a single output."
+            )
+        feature = found[0].outputs[0]
     if len(feature.shape) not in (2, 4):
         raise ValueError(
             f"EKD transfers 4D feature maps or 2D feature vectors; layer "
             f"{layer_name!r} of teacher {teacher.name!r} outputs shape "
             f"{tuple(feature.shape)}."
         )
-    return feature
+    return inputs, feature, logits
 
 
 def _mean_squared_error(adapted, target):

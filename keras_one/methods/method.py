@@ -129,7 +129,9 @@ class Method(keras.layers.Layer):
 
         The layout is `info.student`: branches on a shared trunk, networks
         that share no layer (`branch_stage=0`), or a single network; the
-        ensemble head is `info.head`.
+        ensemble head is `info.head`, and the first replicated stage
+        `info.branch_stage` when the description sets one (a
+        `branch_stage` in `model_kwargs` replaces it).
 
         Args:
             model: a name accepted by `keras_one.models.get`, e.g.
@@ -152,6 +154,8 @@ class Method(keras.layers.Layer):
             num_branches = 1
         if self.info.student == "independent":
             model_kwargs.setdefault("branch_stage", 0)
+        elif self.info.branch_stage is not None:
+            model_kwargs.setdefault("branch_stage", self.info.branch_stage)
         return models.get(model)(
             num_classes=num_classes,
             input_shape=input_shape,

@@ -46,6 +46,18 @@ class MethodInfo:
             view of the image per branch, as PCL's peers; the data must
             come from `keras_one.data.load(..., views=num_branches)`).
             `data_views(method, num_branches)` gives the count.
+        branch_stage: the first replicated stage of the `"shared_trunk"`
+            student `build_student` builds (`branch_stage` of
+            `keras_one.models.cifar_resnet`: MCL-OKD's branches share the
+            stem and stage 1, so 2), or `None` for the model's default.
+        example_index: whether every training example must carry its index
+            in the dataset (`keras_one.data.load(..., with_index=True)`,
+            batches `({"image": ..., "example_index": ...}, labels)`), for
+            state kept per example (MCL-OKD's memory banks); the student
+            then takes the index as a second input, `"example_index"`.
+            `data_options(method)` gives the `keras_one.data.load` options
+            of `views` and `example_index`, `create(method, train_ds)`
+            the method constructed with what it reads from the data.
 
     Example:
 
@@ -64,6 +76,8 @@ class MethodInfo:
     teachers: str = "none"
     rampup_fraction: float = 0.0
     views: str = "one"
+    branch_stage: int | None = None
+    example_index: bool = False
 
     def __post_init__(self):
         if self.name is not None and not re.fullmatch(
@@ -98,6 +112,27 @@ class MethodInfo:
         if self.views not in VIEWS:
             raise ValueError(
                 f"views must be one of {VIEWS}; got {self.views!r}."
+            )
+        if self.example_index and self.views != "one":
+            raise ValueError(
+                "example_index=True gives one image per example (the data "
+                "cannot carry both indices and views); got "
+                f"views={self.views!r}."
+            )
+        if self.branch_stage is not None and self.branch_stage not in (
+            0,
+            1,
+            2,
+            3,
+        ):
+            raise ValueError(
+                "branch_stage must be 0, 1, 2, 3 or None; got "
+                f"{self.branch_stage!r}."
+            )
+        if self.branch_stage is not None and self.student != "shared_trunk":
+            raise ValueError(
+                "branch_stage applies to a 'shared_trunk' student only; got "
+                f"student={self.student!r}."
             )
         if not 0.0 <= self.rampup_fraction <= 1.0:
             raise ValueError(
@@ -164,3 +199,132 @@ def data_views(method, num_branches=None):
     if method.info.views == "per_branch":
         return int(num_branches or method.info.branches)
     return 1
+
+
+def data_options(method, num_branches=None):
+    """The `keras_one.data.load` options a method's data must be loaded with.
+
+    The one reading of a description's data needs (`views`,
+    `example_index`) by the command line, the benchmarks and the
+    examples: pass them on as `keras_one.data.load(..., **options)` (or to
+    `keras_one.data.load_arrays`), for the training and the test data.
+
+    Args:
+        method: a method class or instance.
+        num_branches: the student's number of branches; `None` for the
+            method's default (`info.branches`).
+
+    Returns:
+        A dict: empty for plain images; `{"views": n}` for a method whose
+        branches each take their own view (PCL, see `data_views`);
+        `{"with_index": True}` for one that keeps state per training
+        example (MCL-OKD: its batches carry each example's index).
+
+    Example:
+
+    >>> data_options(keras_one.methods.ONE)
+    {}
+    >>> data_options(keras_one.methods.PCL, num_branches=4)
+    {'views': 4}
+    >>> data_options(keras_one.methods.MCLOKD)
+    {'with_index': True}
+    """
+    options = {}
+    views = data_views(method, num_branches)
+    if views > 1:
+        options["views"] = views
+    if method.info.example_index:
+        options["with_index"] = True
+    return options
+
+
+def data_arguments(method, train_ds):
+    """The constructor arguments a method reads from its training data.
+
+    For a method with `info.example_index` (MCL-OKD), the class of every
+    training example by index, `keras_one.data.example_labels(train_ds)`,
+    as `example_labels`; nothing for the others. Reading them iterates
+    `train_ds` once (a seeded pipeline then shuffles its later epochs as
+    its second, third... iteration): pass a pipeline of its own when a
+    run's epochs must be those of a fresh one.
+
+    Args:
+        method: a method class or instance.
+        train_ds: the training data, loaded with `data_options(method)`;
+            may be `None` for a method that reads nothing from it.
+
+    Returns:
+        A dict of keyword arguments for the method's constructor.
+    """
+    if not method.info.example_index:
+        return {}
+    if train_ds is None:
+        raise ValueError(
+            f"{_class_name(method)} keeps state per training example: it "
+            "needs the training data to be constructed, loaded with "
+            "keras_one.data.load(..., with_index=True) (its labels by "
+            "index: example_labels=keras_one.data.example_labels(train_ds))."
+        )
+    from keras_one.data import example_labels
+
+    return {"example_labels": example_labels(train_ds)}
+
+
+def create(method, train_ds=None, teachers=None, **kwargs):
+    """Constructs a method for a run, with what its description asks for.
+
+    The one place where the command line, the benchmarks and the tuner
+    turn a method name into an instance: the pre-trained teachers go to
+    the argument `info.teachers` names (`teacher=` or `teachers=`), and
+    the arguments read from the training data (`data_arguments`: MCL-OKD's
+    labels by example index) are added unless `kwargs` gives them.
+
+    Args:
+        method: a method name (see `keras_one.methods.names()`) or class.
+        train_ds: the training data, loaded with `data_options(method)`;
+            needed only by methods with `info.example_index`.
+        teachers: the pre-trained teacher models, for methods whose
+            `info.teachers` is `"one"` (one model) or `"per_branch"`;
+            `None` to pass them (if any) in `kwargs`.
+        **kwargs: other constructor arguments (`temperature`,
+            `rampup_epochs`, ...).
+
+    Returns:
+        The method instance.
+
+    Example:
+
+    >>> create("dml", rampup_epochs=2).rampup_epochs
+    2
+    """
+    from keras_one.methods import registry
+
+    method_class = registry.get(method) if isinstance(method, str) else method
+    info = method_class.info
+    arguments = dict(kwargs)
+    if teachers is not None:
+        teachers = list(teachers)
+        name = method_class.__name__
+        if info.teachers == "one":
+            if len(teachers) != 1:
+                raise ValueError(
+                    f"{name} learns from one pre-trained teacher; got "
+                    f"{len(teachers)}."
+                )
+            arguments["teacher"] = teachers[0]
+        elif info.teachers == "per_branch":
+            if not teachers:
+                raise ValueError(
+                    f"{name} learns from one pre-trained teacher per branch; "
+                    "got none."
+                )
+            arguments["teachers"] = teachers
+        elif teachers:
+            raise ValueError(f"{name} takes no pre-trained teachers.")
+    if info.example_index and "example_labels" not in arguments:
+        arguments.update(data_arguments(method_class, train_ds))
+    return method_class(**arguments)
+
+
+def _class_name(method):
+    return (method if isinstance(method, type) else type(method)).__name__

@@ -1,14 +1,19 @@
-import difflib
 import re
 
 import keras
 from keras import ops
 
+from keras_one import _hub
+from keras_one.graph import trace_calls
 from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
 from keras_one.methods.method_info import MethodInfo
 from keras_one.methods.teacher_method import TeacherMethod
+from keras_one.models.multi_branch import _find_split_call
+from keras_one.models.multi_branch import _split_point_tensors
+from keras_one.models.multi_branch import _split_points_hint
+from keras_one.student_outputs import symbolic_io
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -63,16 +68,26 @@ class SOKD(TeacherMethod):
 
     The teacher (and the bridge) are saved with the `Distiller`. The
     teacher must be a functional or Sequential model returning a single
-    logits tensor for the student's classes. The bridge is not part of the
+    logits tensor for the student's classes, or a keras-hub classifier or
+    preset name (see `TeacherMethod`). The bridge is not part of the
     student: `Distiller.get_branch_model` exports the student alone.
 
     Args:
-        teacher: a pre-trained functional `keras.Model` returning logits.
+        teacher: a pre-trained functional `keras.Model` returning logits,
+            or a keras-hub `ImageClassifier` or preset name (give
+            `input_preprocessing`, see `TeacherMethod`).
         bridge_from: name of the teacher layer whose output feeds the
             bridge. Its output alone must feed the rest of the teacher (the
             end of a stage, not inside a residual block). Defaults to the
             end of stage 2 of a `keras_one.models.cifar_resnet` teacher (its
-            second-to-last stage); name the layer for other teachers.
+            second-to-last stage), and to the end of the second-to-last
+            stage of a keras-hub teacher (the last split point before the
+            feature maps reach their final size); name the layer for other
+            teachers, a
+            layer of a nested model by its path (for a keras-hub teacher,
+            e.g. `"res_net_image_classifier/res_net_backbone/
+            stack2_block1_out"`; `keras_one.models.split_points(
+            method.teacher)` lists the valid ones).
         temperature: `T`, default 4.
         **kwargs: `Method` keyword arguments (`name`; `rampup_epochs`,
             default 0: none, as in the paper).
@@ -102,8 +117,8 @@ class SOKD(TeacherMethod):
 
     def __init__(self, teacher, bridge_from=None, temperature=4.0, **kwargs):
         super().__init__(teachers=[teacher], temperature=temperature, **kwargs)
-        self.bridge_from = bridge_from or _default_bridge_layer(teacher)
-        _check_bridge_layer(teacher, self.bridge_from)
+        self.bridge_from = bridge_from or _default_bridge_layer(self.teacher)
+        _bridge_graph(self.teacher, self.bridge_from)
 
     @property
     def teacher(self):
@@ -112,31 +127,13 @@ class SOKD(TeacherMethod):
 
     def build(self, inputs_shape, outputs_shape):
         super().build(inputs_shape, outputs_shape)
-        teacher = self.teacher
-        logits = teacher.output
-        if isinstance(logits, (dict, list, tuple)):
-            raise ValueError(
-                f"SOKD copies the layers of teacher {teacher.name!r} after "
-                f"{self.bridge_from!r} into its bridge, so the teacher must "
-                "return a single logits tensor; it returns a "
-                f"{type(logits).__name__}."
-            )
-        features = teacher.get_layer(self.bridge_from).output
+        inputs, logits, features = _bridge_graph(self.teacher, self.bridge_from)
         self.teacher_features = keras.Model(
-            teacher.inputs,
+            inputs,
             {"features": features, "logits": logits},
             name="teacher_features",
         )
-        try:
-            tail = keras.Model(features, logits)
-        except ValueError as error:
-            raise ValueError(
-                f"The teacher's layers after {self.bridge_from!r} also read "
-                "tensors from before it (a skip connection crosses it), so "
-                "they cannot be copied into a bridge fed by its output "
-                "alone. Choose the end of a stage as bridge_from. (Keras "
-                f"said: {error})"
-            ) from None
+        tail = keras.Model(features, logits)
         self.bridge = keras.models.clone_model(tail)
         self.bridge.name = "bridge"
         # The cloned layers copy the frozen teacher's `trainable=False`,
@@ -201,35 +198,60 @@ def _default_bridge_layer(teacher):
     stage_ends = [n for n in names if re.fullmatch(r"stage2_block\d+_out", n)]
     if stage_ends:
         return stage_ends[-1]
+    if any(_hub.is_image_classifier(layer) for layer in teacher.layers):
+        # A keras-hub teacher: the end of its second-to-last stage too.
+        from keras_one.models.external_network import default_split_point
+
+        return default_split_point(teacher)
     raise ValueError(
         f"SOKD needs bridge_from, the name of the layer of teacher "
         f"{teacher.name!r} whose output feeds the knowledge bridge (the "
         "official choice: the end of the teacher's second-to-last stage). "
-        "The default only recognizes keras_one.models.cifar_resnet "
-        "teachers; print teacher.summary() to see the layer names."
+        "The default only recognizes keras_one.models.cifar_resnet and "
+        "keras-hub teachers; keras_one.models.split_points(teacher) lists "
+        "the valid layers."
     )
 
 
-def _check_bridge_layer(teacher, layer_name):
-    try:
-        _ = teacher.output
-    except (AttributeError, ValueError):
+def _bridge_graph(teacher, layer_name):
+    """`(inputs, logits, features)` of the teacher traced flat, or an error.
+
+    `features` is the output of `layer_name`, which may name a layer of a
+    nested model by its path (`"res_net_image_classifier/res_net_backbone/
+    stack2_block0_out"` in a keras-hub teacher).
+    """
+    io = symbolic_io(teacher)
+    if io is None:
         raise ValueError(
             f"SOKD copies the layers of teacher {teacher.name!r} after "
             f"{layer_name!r} into its bridge, which needs a functional or "
             "Sequential teacher; this one is subclassed."
-        ) from None
-    names = [layer.name for layer in teacher.layers]
-    if layer_name not in names:
-        close = difflib.get_close_matches(layer_name, names, n=5, cutoff=0.5)
-        hint = f" Did you mean one of {close}?" if close else ""
-        raise ValueError(
-            f"No layer named {layer_name!r} in teacher {teacher.name!r}."
-            f"{hint} Print teacher.summary() to see the layer names."
         )
-    if layer_name == teacher.layers[-1].name:
+    if isinstance(io[1], (dict, list, tuple)):
+        raise ValueError(
+            f"SOKD copies the layers of teacher {teacher.name!r} after "
+            f"{layer_name!r} into its bridge, so the teacher must return a "
+            f"single logits tensor; it returns a {type(io[1]).__name__}."
+        )
+    inputs, logits, calls = trace_calls(teacher)
+    points = _split_point_tensors(inputs, logits, calls)
+    try:
+        call = _find_split_call(layer_name, calls, teacher, points)
+    except ValueError as error:
+        raise ValueError(f"SOKD bridge_from: {error}") from None
+    features = call.outputs[0]
+    if features is logits:
         raise ValueError(
             f"bridge_from={layer_name!r} is the teacher's last layer: the "
             "bridge would copy nothing. Choose an earlier layer, such as "
-            "the end of the teacher's second-to-last stage."
+            "the end of the teacher's second-to-last stage. "
+            + _split_points_hint(points)
         )
+    if not any(point is features for _, point in points):
+        raise ValueError(
+            f"The teacher's layers after {layer_name!r} also read tensors "
+            "from before it (a skip connection crosses it), so they cannot "
+            "be copied into a bridge fed by its output alone. Choose the "
+            "end of a stage as bridge_from. " + _split_points_hint(points)
+        )
+    return inputs, logits, features

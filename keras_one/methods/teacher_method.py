@@ -1,8 +1,10 @@
 import keras
 from keras import ops
 
+from keras_one import _hub
 from keras_one.graph import find_producer
 from keras_one.methods.method import Method
+from keras_one.models.pretrained_teacher import pretrained_teacher
 from keras_one.student_outputs import normalize_outputs
 
 
@@ -21,23 +23,49 @@ class TeacherMethod(Method):
     `(batch, num_classes)`. A teacher trained with keras_one (a dict output)
     teaches with its `ensemble_logits`, or the mean of its branch logits.
 
+    A pretrained keras-hub `ImageClassifier`, or the name of its preset
+    (`"resnet_18_imagenet"`, loaded with its weights; keras-hub needed:
+    `pip install keras-one[hub]`), is a teacher too: it reads the student's
+    images through its own preprocessing (see
+    `keras_one.models.pretrained_teacher`), after `input_preprocessing`
+    is undone.
+
     Subclasses call `teacher_logits(index, inputs)` in `call` and serialize
     their teachers in `get_config` with `serialize_teacher(index)`.
 
     Args:
-        teachers: a list of `keras.Model`s.
+        teachers: a list of `keras.Model`s, keras-hub classifiers or preset
+            names.
         temperature: softening temperature of the distillation terms.
+        input_preprocessing: for keras-hub teachers, what made the
+            student's images from raw pixels: a `keras_one.data.DatasetInfo`
+            or its `preprocessing` dict; `None` (the default) for raw
+            0-255 pixels. Other teachers read the student's images as they
+            are.
         **kwargs: `Method` keyword arguments (`rampup_epochs`, `name`, ...).
     """
 
-    def __init__(self, teachers, temperature, **kwargs):
+    def __init__(
+        self, teachers, temperature, input_preprocessing=None, **kwargs
+    ):
         super().__init__(temperature=temperature, **kwargs)
-        teachers = list(teachers)
+        if input_preprocessing is not None:
+            from keras_one import export
+
+            input_preprocessing = export.preprocessing_of(input_preprocessing)
+        self.input_preprocessing = input_preprocessing
+        teachers = [
+            pretrained_teacher(t, input_preprocessing)
+            if isinstance(t, str) or _hub.is_image_classifier(t)
+            else t
+            for t in teachers
+        ]
         name = type(self).__name__
         for index, teacher in enumerate(teachers):
             if not isinstance(teacher, keras.Model):
                 raise TypeError(
-                    f"{name} teachers must be keras.Model instances; teacher "
+                    f"{name} teachers must be keras.Model instances (or "
+                    "keras-hub preset names); teacher "
                     f"{index} is a {type(teacher).__name__}."
                 )
             # Frozen as keras.distillation.Distiller freezes its teacher: no
@@ -69,6 +97,12 @@ class TeacherMethod(Method):
                     f"{teacher_classes}, or pass a teacher with "
                     f"{num_classes} outputs."
                 )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "input_preprocessing": self.input_preprocessing,
+        }
 
     def serialize_teacher(self, index):
         """Serializes teacher `index` for `get_config`, without compile state.

@@ -140,6 +140,7 @@ class FusedBranches(keras.Model):
             classifier=lambda x: FusedDense(
                 num_branches,
                 num_classes,
+                kernel_initializer=resnet_blocks.classifier_initializer(),
                 kernel_regularizer=regularizer,
                 bias_regularizer=regularizer,
                 name="logits",

@@ -2,7 +2,7 @@ import difflib
 
 import keras
 
-from keras_one.graph import find_producer
+from keras_one.graph import trace_calls
 from keras_one.models import heads
 from keras_one.student_outputs import check_logits
 from keras_one.student_outputs import symbolic_io
@@ -14,28 +14,158 @@ _POOLING_LAYERS = (
 )
 
 
-def _find_features(model, logits):
+def _find_features(calls, logits):
     """Finds the pooled features and feature map a classifier reads.
 
-    Walks back from the logits: the input of the last layer is the pooled
-    feature vector; if that comes from a global pooling (or Flatten) layer,
-    possibly through Dropout, the pooling layer's input is the feature map.
-    Returns `(None, None)` where the classifier is unknown (see
-    `keras_one.graph.find_producer`).
+    Walks back from the logits through the traced `calls`: the input of the
+    last layer is the pooled feature vector; if that comes from a global
+    pooling (or Flatten) layer, possibly through Dropout, the pooling
+    layer's input is the feature map. Returns `(None, None)` where the
+    classifier reads several tensors.
     """
-    classifier = find_producer(logits, model)
-    if classifier is None:
+    producers = {
+        id(tensor): call
+        for call in calls
+        if not call.inlined
+        for tensor in call.outputs
+    }
+    classifier = producers.get(id(logits))
+    if classifier is None or len(classifier.inputs) != 1:
         return None, None
-    features = classifier.input
-    if isinstance(features, (list, tuple)):
-        return None, None
+    features = classifier.inputs[0]
     feature_map = None
-    layer = find_producer(features, model)
-    while isinstance(layer, keras.layers.Dropout):
-        layer = find_producer(layer.input, model)
-    if isinstance(layer, _POOLING_LAYERS):
-        feature_map = layer.input
+    call = producers.get(id(features))
+    while call is not None and isinstance(call.operation, keras.layers.Dropout):
+        call = producers.get(id(call.inputs[0]))
+    if call is not None and isinstance(call.operation, _POOLING_LAYERS):
+        feature_map = call.inputs[0]
     return features, feature_map
+
+
+def split_points(model):
+    """The layers of `model` at which `make_multi_branch` can split it.
+
+    A split point is a layer whose output alone feeds the rest of the
+    network: no skip connection crosses it (the end of a residual block,
+    not its inside). Layers of nested functional models (a keras-hub
+    backbone inside its classifier) are named by their path,
+    `"res_net_backbone/stack2_block0_out"`; a nested model's own name
+    stands for its output.
+
+    Args:
+        model: a functional or `Sequential` `keras.Model` with one input
+            and one logits output.
+
+    Returns:
+        The names, in the order the network computes them: first the
+        input's (splitting there replicates the whole network), the last
+        layer (whose output is the logits) left out.
+
+    Example:
+
+    >>> base = keras.Sequential([
+    ...     keras.Input((8, 8, 3), name="image"),
+    ...     keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(name="pool"),
+    ...     keras.layers.Dense(2, name="classifier")])
+    >>> split_points(base)
+    ['image', 'conv', 'pool']
+    """
+    inputs, logits, calls = _trace(model)
+    return [name for name, _ in _split_point_tensors(inputs, logits, calls)]
+
+
+def _trace(model):
+    """`trace_calls(model)`, refusing what `make_multi_branch` cannot split."""
+    io = symbolic_io(model)
+    if io is None:
+        raise ValueError(
+            "make_multi_branch needs a functional or Sequential model with "
+            f"a defined input shape; {model.name!r} is not one."
+        )
+    if isinstance(io[1], (list, tuple, dict)):
+        raise ValueError(
+            "make_multi_branch needs a model with a single logits output; "
+            f"{model.name!r} has several outputs."
+        )
+    return trace_calls(model)
+
+
+def _split_point_tensors(inputs, logits, calls):
+    """`(name, tensor)` of every split point, in computation order.
+
+    Sweeps the calls in execution order (a topological order of the
+    graph), keeping the tensors already computed that a later call (or
+    the output) still reads: a call's output is a split point where it is
+    the only such tensor.
+    """
+    layer_calls = [call for call in calls if not call.inlined]
+    last_read = {}
+    for index, call in enumerate(layer_calls):
+        for tensor in call.inputs:
+            last_read[id(tensor)] = index
+    last_read[id(logits)] = len(layer_calls)
+    # The outermost name of each tensor: an inlined model's call comes
+    # after the calls of its layers.
+    names = {id(t): call.path for call in calls for t in call.outputs}
+    live = {id(t) for t in keras.tree.flatten(inputs) if id(t) in last_read}
+    points = []
+    for index, call in enumerate(layer_calls):
+        live.update(
+            id(t) for t in call.outputs if last_read.get(id(t), -1) > index
+        )
+        live = {t for t in live if last_read[t] > index}
+        if (
+            len(call.outputs) == 1
+            and live == {id(call.outputs[0])}
+            and call.outputs[0] is not logits
+        ):
+            points.append((names[id(call.outputs[0])], call.outputs[0]))
+    return points
+
+
+def _selected_split_points(points, limit=12):
+    """A useful few of the split points: the ends of stages.
+
+    All of them when there are at most `limit`; otherwise the last point
+    before each change of output shape (the end of a stage), thinned
+    evenly to `limit`.
+    """
+    names = [name for name, _ in points]
+    if len(names) <= limit:
+        return names
+    shapes = [tuple(tensor.shape) for _, tensor in points]
+    ends = [
+        name
+        for name, shape, following in zip(
+            names, shapes, shapes[1:], strict=False
+        )
+        if shape != following
+    ]
+    if len(ends) < 4:
+        ends = names
+    if len(ends) > limit:
+        step = (len(ends) - 1) / (limit - 1)
+        ends = [ends[round(i * step)] for i in range(limit)]
+    return ends
+
+
+def _split_points_hint(points):
+    selected = _selected_split_points(points)
+    if not selected:
+        return (
+            "This model has no split point: a skip connection crosses "
+            "every layer."
+        )
+    some = (
+        ""
+        if len(selected) == len(points)
+        else (
+            f" ({len(selected)} of {len(points)}; all of them: "
+            "keras_one.models.split_points(model))"
+        )
+    )
+    return f"Valid split points{some}: {selected}."
 
 
 def make_multi_branch(
@@ -107,49 +237,43 @@ def make_multi_branch(
             "itself."
         )
     views = _check_views(views, num_branches, head)
-    io = symbolic_io(model)
-    if io is None:
-        raise ValueError(
-            "make_multi_branch needs a functional or Sequential model with "
-            f"a defined input shape; {model.name!r} is not one."
-        )
-    inputs, logits = io
-    if isinstance(logits, (list, tuple, dict)):
-        raise ValueError(
-            "make_multi_branch needs a model with a single logits output; "
-            f"{model.name!r} has several outputs."
-        )
-    names = [layer.name for layer in model.layers]
-    if split_at not in names:
-        close = difflib.get_close_matches(split_at, names, n=5, cutoff=0.5)
-        hint = f" Did you mean one of {close}?" if close else ""
-        raise ValueError(
-            f"No layer named {split_at!r} in model {model.name!r}.{hint} "
-            "Print model.summary() to see the layer names."
-        )
-    if split_at == model.layers[-1].name:
+    inputs, logits, calls = _original_graph(model, *_trace(model))
+    points = _split_point_tensors(inputs, logits, calls)
+    split_call = _find_split_call(split_at, calls, model, points)
+    if split_call.outputs[0] is logits:
         raise ValueError(
             f"split_at={split_at!r} is the model's last layer: nothing would "
-            "be left to replicate. Split at an earlier layer."
+            "be left to replicate. Split at an earlier layer. "
+            + _split_points_hint(points)
         )
-    shared_features = model.get_layer(split_at).output
-    features, feature_map = _find_features(model, logits)
+    shared_features = split_call.outputs[0]
+    # The pooled features and feature map, where the branches compute them.
+    position = {
+        id(tensor): index
+        for index, call in enumerate(c for c in calls if not c.inlined)
+        for tensor in call.outputs
+    }
     tail_outputs = {"logits": logits}
-    if features is not None and features is not shared_features:
-        tail_outputs["features"] = features
-    if feature_map is not None and feature_map is not shared_features:
-        tail_outputs["feature_map"] = feature_map
-    try:
-        tail = keras.Model(shared_features, tail_outputs)
-    except ValueError as error:
+    for key, tensor in zip(
+        ("features", "feature_map"),
+        _find_features(calls, logits),
+        strict=True,
+    ):
+        if (
+            tensor is not None
+            and position.get(id(tensor), -1) > position[id(shared_features)]
+        ):
+            tail_outputs[key] = tensor
+    if not any(point is shared_features for _, point in points):
         raise ValueError(
             f"The layers after {split_at!r} also read tensors from before "
             "it (a skip connection crosses the split), so they cannot be "
             "replicated on its output alone. Split at a layer whose output "
-            "is the only input of what follows, such as the end of a block."
-            f" (Keras said: {error})"
-        ) from None
-    check_logits({"branch_logits": [logits]}, model)
+            "is the only input of what follows, such as the end of a "
+            "block. " + _split_points_hint(points)
+        )
+    tail = keras.Model(shared_features, tail_outputs)
+    check_logits({"branch_logits": [symbolic_io(model)[1]]}, model)
     if views == 1:
         branch_inputs = [shared_features] * int(num_branches)
     else:
@@ -203,3 +327,80 @@ def _check_views(views, num_branches, head):
             "head='linear_fusion' (PCL), 'mean' or None."
         )
     return views
+
+
+def _find_split_call(split_at, calls, model, points):
+    """The one call of the layer `split_at` names, or a clear error."""
+    if not isinstance(split_at, str):
+        raise TypeError(
+            "split_at must be the name of a layer (a string such as "
+            f"'stack2_block0_out'); got {type(split_at).__name__}."
+        )
+    found = [call for call in calls if call.path == split_at]
+    if not found:
+        paths = [call.path for call in calls]
+        nested = [p for p in paths if p.rsplit("/", 1)[-1] == split_at]
+        close = nested or difflib.get_close_matches(
+            split_at, paths, n=5, cutoff=0.5
+        )
+        hint = f" Did you mean one of {close}?" if close else ""
+        raise ValueError(
+            f"No layer named {split_at!r} in model {model.name!r}.{hint} "
+            "A layer inside a nested model is named by its path, "
+            "'backbone_name/layer_name'. " + _split_points_hint(points)
+        )
+    if len(found) > 1:
+        raise ValueError(
+            f"Layer {split_at!r} is called {len(found)} times in model "
+            f"{model.name!r} (a shared layer): its output is not one "
+            "tensor. Split at a layer called once. "
+            + _split_points_hint(points)
+        )
+    if len(found[0].outputs) != 1:
+        raise ValueError(
+            f"Layer {split_at!r} returns {len(found[0].outputs)} tensors; "
+            "the branches read one. Split at a layer with a single output. "
+            + _split_points_hint(points)
+        )
+    return found[0]
+
+
+def _original_graph(model, inputs, logits, calls):
+    """The traced graph in `model`'s own tensors, where it is the same.
+
+    A model without nested models whose layers are each called once keeps
+    its own graph: the multi-branch network is then built on `model`'s
+    tensors (the layers' first calls), which `keras_one.graph.
+    find_producer` (and so `rescale_trunk_gradient`) can follow. Otherwise
+    the traced graph is returned as it is.
+    """
+    operations = [call.operation for call in calls]
+    if any(call.inlined for call in calls) or len(
+        {id(op) for op in operations}
+    ) != len(operations):
+        return inputs, logits, calls
+    original = {}
+    for call in calls:
+        try:
+            outputs = keras.tree.flatten(call.operation.output)
+        except (AttributeError, ValueError):
+            return inputs, logits, calls
+        if len(outputs) != len(call.outputs):
+            return inputs, logits, calls
+        original.update(zip(map(id, call.outputs), outputs, strict=True))
+
+    def translate(tensor):
+        return original.get(id(tensor), tensor)
+
+    calls = [
+        call._replace(
+            inputs=[translate(t) for t in call.inputs],
+            outputs=[translate(t) for t in call.outputs],
+        )
+        for call in calls
+    ]
+    return (
+        keras.tree.map_structure(translate, inputs),
+        translate(logits),
+        calls,
+    )

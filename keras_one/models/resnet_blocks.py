@@ -63,6 +63,20 @@ def conv_initializer():
     )
 
 
+def classifier_initializer():
+    """PyTorch's default `nn.Linear` kernel: `U(+-1/sqrt(fan_in))`.
+
+    The official codes (ONE's and the peers' CIFAR ResNets) re-initialize
+    only their convolutions and BatchNormalization layers, so their
+    classifiers keep `torch.nn.Linear`'s default: `kaiming_uniform_(
+    a=sqrt(5))`, a uniform kernel within `1/sqrt(fan_in)`. The bias starts
+    at zero, as in `keras_one.layers` (see `keras_one.layers._pytorch_init`).
+    """
+    return keras.initializers.VarianceScaling(
+        1.0 / 3.0, mode="fan_in", distribution="uniform"
+    )
+
+
 def l2(weight_decay):
     """torch's coupled weight decay `wd` as a Keras regularizer.
 
@@ -117,9 +131,13 @@ def plain_layers(regularizer=None, fused_batch_norm=True):
 
 
 def classifier(x, num_classes, regularizer, name):
-    """The linear classifier (logits) of one network."""
+    """The linear classifier (logits) of one network.
+
+    PyTorch's default initialization (`classifier_initializer`), zero bias.
+    """
     return layers.Dense(
         num_classes,
+        kernel_initializer=classifier_initializer(),
         kernel_regularizer=regularizer,
         bias_regularizer=regularizer,
         name=name,

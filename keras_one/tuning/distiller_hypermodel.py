@@ -70,6 +70,14 @@ class DistillerHyperModel(kt.HyperModel):
         method_hyperparameters: dict of method argument -> search space.
         method_options: fixed method arguments (e.g. `{"teacher": net}` for
             KD).
+        train_ds: the training data, for a method that reads arguments
+            from it (`keras_one.methods.data_arguments`: MCL-OKD, whose
+            `info.example_index` asks for the labels by example index); it
+            is read once, here. Load it with
+            `keras_one.methods.data_options(method)` (MCL-OKD:
+            `keras_one.data.load(..., with_index=True)`), and search on it.
+            `None` for the other methods, or to give those arguments in
+            `method_options`.
         model_options: fixed builder arguments (e.g. `{"branch_stage": 2}`).
         optimizer: `"sgd"` (momentum `momentum`), `"adam"`, or a function
             `learning_rate -> keras.optimizers.Optimizer`.
@@ -107,6 +115,7 @@ class DistillerHyperModel(kt.HyperModel):
         method_hyperparameters=None,
         method_options=None,
         model_options=None,
+        train_ds=None,
         optimizer="sgd",
         momentum=0.9,
         objective="ensemble",
@@ -122,7 +131,22 @@ class DistillerHyperModel(kt.HyperModel):
         if int(epochs) < 1:
             raise ValueError(f"epochs must be >= 1; got {epochs}.")
         self.epochs = int(epochs)
-        self.method_options = dict(method_options or {})
+        method_options = dict(method_options or {})
+        if train_ds is not None:
+            method_options = {
+                **methods.data_arguments(self.method_class, train_ds),
+                **method_options,
+            }
+        elif self.method_class.info.example_index and (
+            "example_labels" not in method_options
+        ):
+            raise ValueError(
+                f"{self.method_class.__name__} keeps state per training "
+                "example: pass the training data to search on, "
+                "DistillerHyperModel(..., train_ds=train_ds), loaded with "
+                "keras_one.data.load(..., with_index=True)."
+            )
+        self.method_options = method_options
         self.model_options = dict(model_options or {})
         self.method_knobs = _method_knobs(
             self.method_class, self.method_options
@@ -204,7 +228,7 @@ class DistillerHyperModel(kt.HyperModel):
             method_kwargs.setdefault("rampup_epochs", rampup_epochs)
         else:
             method_kwargs["rampup_epochs"] = rampup_epochs
-        method = self.method_class(**method_kwargs)
+        method = methods.create(self.method_class, **method_kwargs)
 
         model_kwargs = dict(self.model_options)
         if values["num_branches"] is not None:

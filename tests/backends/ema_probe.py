@@ -9,6 +9,14 @@ It also owns an auxiliary network with its own learning rate (as OEC's
 adapters and MEAL's discriminators): a Dense layer on branch 0's logits,
 trained by its own cross-entropy at `learning_rate_multipliers`, 0 in the
 first epoch and 0.5 after.
+
+Its teacher is ONE's plain average of the branches (`gate="average"`):
+the learned gate's BatchNormalization and ReLU on two units put half the
+pre-activations near zero, where float32 round-off between backends can
+switch a ReLU in the first step (3.4e-5 on the first kernel after two
+steps, once the classifiers started from PyTorch's initialization). The
+EMA and the auxiliary learning rate do not depend on the gate; ONE's
+learned gate is compared across backends with the other methods.
 """
 
 import keras
@@ -25,7 +33,7 @@ class EMAProbe(ONE):
     AUXILIARY_MULTIPLIER = 0.5
 
     def __init__(self, decay=0.5, **kwargs):
-        super().__init__(rampup_epochs=1, **kwargs)
+        super().__init__(rampup_epochs=1, gate="average", **kwargs)
         self.decay = decay
         self.averages = None
         self.auxiliary = None

@@ -177,7 +177,7 @@ def test_accuracy_benchmark_merges_results_of_parallel_runs(tmp_path, capsys):
     accuracy = load_script("accuracy")
     argv = ["--data", "data.npz", "--epochs", "3", "--methods", "baseline",
             "one", "--output", str(tmp_path / "all.json")]  # fmt: skip
-    protocol = accuracy.protocol_of(accuracy.build_parser().parse_args(argv))
+    protocol = accuracy.protocol_of(accuracy.parse_args(argv))
 
     def run(method, seed, accuracy_value):
         branches = 1 if method == "baseline" else 3
@@ -226,7 +226,7 @@ def test_accuracy_benchmark_reads_the_methods_descriptions():
     accuracy = load_script("accuracy")
 
     def parse(*flags):
-        return accuracy.build_parser().parse_args(
+        return accuracy.parse_args(
             ["--data", "data.npz", "--epochs", "80", *flags]
         )
 
@@ -249,6 +249,28 @@ def test_accuracy_benchmark_reads_the_methods_descriptions():
     assert [
         accuracy.teacher_count(name, args) for name in ("one", "kd", "ekd")
     ] == [0, 1, 4]
+
+
+def test_accuracy_benchmark_loads_the_data_a_method_describes(tiny_npz):
+    """MCL-OKD (`info.example_index`): indexed data, labels by index."""
+    from keras_one import methods
+
+    accuracy = load_script("accuracy")
+    args = accuracy.parse_args(
+        ["--data", str(tiny_npz), "--train-examples", "32",
+         "--batch-size", "16", "--epochs", "10"]
+    )  # fmt: skip
+    options = methods.data_options(methods.get("mcl_okd"), args.branches)
+    train_ds, test_ds, heldout_ds, _ = accuracy.load_data(args, 0, **options)
+    for dataset in (train_ds, test_ds, heldout_ds):
+        assert set(dataset.element_spec[0]) == {"image", "example_index"}
+    method = accuracy._make_method("mcl_okd", args, (), train_ds)
+    assert isinstance(method, methods.MCLOKD) and method.num_examples == 32
+    assert method.rampup_epochs == 0  # none in the official code
+    # PCL's views, through the same options.
+    options = methods.data_options(methods.get("pcl"), args.branches)
+    train_ds, _, _, _ = accuracy.load_data(args, 0, **options)
+    assert len(train_ds.element_spec[0]) == args.branches
 
 
 def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
@@ -510,7 +532,7 @@ def test_best_branch_is_picked_on_the_other_set():
 
 def test_resampled_runs_train_on_disjoint_slices(tiny_npz, tmp_path):
     accuracy = load_script("accuracy")
-    parse = accuracy.build_parser().parse_args
+    parse = accuracy.parse_args
     args = parse(
         ["--data", str(tiny_npz), "--train-examples", "16", "--resample"]
     )
@@ -641,3 +663,29 @@ def test_a_thread_variable_that_is_not_a_count_is_refused_first(
     with pytest.raises(ValueError, match="TF_NUM_INTEROP_THREADS=.*whole"):
         throughput.main(["--model", "resnet8", "--output", str(output)])
     assert not output.exists()
+
+
+def test_accuracy_benchmark_protocols(tmp_path):
+    accuracy = load_script("accuracy")
+    args = accuracy.parse_args(["--data", "d.npz", "--protocol", "one"])
+    assert (args.epochs, args.batch_size) == (300, 128)
+    assert (args.learning_rate, args.weight_decay) == (0.1, 1e-4)
+    assert (
+        accuracy._recipe(args, "resnet32", None, None, None)["protocol"]
+        == "one"
+    )
+    for flags in (["--epochs", "80"], ["--weight-decay", "1e-4"]):
+        with pytest.raises(SystemExit, match=rf"drop {flags[0]} \(or drop"):
+            accuracy.parse_args(
+                ["--data", "d.npz", "--protocol", "one", *flags]
+            )
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--data", "d.npz", "--protocol", "paper"])
+    # Without --protocol the recipe and the recorded protocol are as before
+    # the flag existed, so earlier result files still merge.
+    args = accuracy.parse_args(["--data", "d.npz"])
+    assert (args.epochs, args.batch_size, args.weight_decay) == (80, 128, 5e-4)
+    stored = json.loads(
+        (BENCH / "results/accuracy_resnet20_2500x80_resampled.json").read_text()
+    )["protocol"]
+    assert sorted(accuracy.protocol_of(args)) == sorted(stored)

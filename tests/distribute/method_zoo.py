@@ -14,6 +14,8 @@ from keras_one import models
 
 NUM_CLASSES = 4
 INPUT_SHAPE = (8, 8, 1)
+# The most examples a test trains on (`make_images`).
+MAX_EXAMPLES = 96
 
 
 def tiny_teacher(name="teacher"):
@@ -54,6 +56,12 @@ def make_method(name):
         ]
     if info.rampup_fraction:
         arguments["rampup_epochs"] = 2
+    if info.example_index:
+        # State per training example (MCL-OKD's memory banks): the labels
+        # of the examples `make_images` gives, by index, and a few
+        # negatives.
+        arguments["example_labels"] = make_images(MAX_EXAMPLES)[1]
+        arguments["num_negatives"] = 8
     return method_class(**arguments)
 
 
@@ -132,8 +140,11 @@ def count_batches(distiller, sizes):
     distiller.train_step = train_step
 
 
-def make_images(num_examples=96, seed=0):
-    """Learnable images: the class is the brightest horizontal band."""
+def make_images(num_examples=MAX_EXAMPLES, seed=0):
+    """Learnable images: the class is the brightest horizontal band.
+
+    The first examples are the same for every `num_examples`.
+    """
     rng = np.random.default_rng(seed)
     y = rng.integers(0, NUM_CLASSES, num_examples).astype("int32")
     x = rng.normal(0.0, 0.3, (num_examples,) + INPUT_SHAPE).astype("float32")
@@ -148,8 +159,14 @@ def student_inputs(distiller, x):
 
     A student with one image input per branch (PCL's views) gets one view
     of each image per input: view `v` is `x` shifted `v` pixels across
-    (a roll), so every branch sees another image.
+    (a roll), so every branch sees another image. A method that keeps
+    state per example (`info.example_index`, MCL-OKD) gets each image's
+    index, its row in `x`, as `keras_one.data.load(..., with_index=True)`
+    gives it.
     """
+    if distiller.method.info.example_index:
+        index = np.arange(len(x), dtype="int32")
+        return {"image": x, "example_index": index}
     views = len(distiller.student.inputs)
     if views == 1:
         return x

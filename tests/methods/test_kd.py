@@ -100,7 +100,10 @@ def test_every_branch_distils(tiny_data):
         for z in student(x, training=False)["branch_logits"]
     ]
     np.testing.assert_allclose(logs["ce"], terms[0][0] + terms[1][0], 1e-5)
-    np.testing.assert_allclose(logs["kl"], terms[0][1] + terms[1][1], 1e-5)
+    # Untrained networks: a small KL, summed in float32 (see above).
+    np.testing.assert_allclose(
+        logs["kl"], terms[0][1] + terms[1][1], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_same_loss_as_keras_distillation(tiny_data):

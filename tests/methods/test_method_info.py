@@ -30,6 +30,9 @@ def make_method(method_class):
                 tiny_teacher(f"teacher_{i}") for i in range(info.branches)
             ]
         )
+    if info.example_index:
+        # The labels of the training examples, by index (MCL-OKD).
+        return method_class(example_labels=[0, 1, 2, 3] * 4, num_negatives=2)
     return method_class()
 
 
@@ -60,8 +63,11 @@ def test_every_method_has_a_complete_consistent_description(name):
     outputs = normalize_outputs(student.output)
     assert len(outputs["branch_logits"]) == info.branches
     method.check_outputs(outputs)
-    # It takes the images the description says the data must give.
-    assert len(student.inputs) == methods.data_views(method_class)
+    # It takes the images the description says the data must give, and
+    # the example index if it keeps state per example.
+    assert len(student.inputs) == methods.data_views(method_class) + int(
+        info.example_index
+    )
 
 
 def test_the_built_in_methods_state_their_papers_defaults():
@@ -79,6 +85,7 @@ def test_the_built_in_methods_state_their_papers_defaults():
         "ekd": (2, "per_branch", 0),
         "ffl": (2, "none", 80),
         "kd": (1, "one", 0),
+        "mcl_okd": (4, "none", 0),
         "mde": (3, "none", 80),
         "oec": (5, "none", 0),
         "okddip": (4, "none", 80),
@@ -145,6 +152,15 @@ def test_rampup_epochs_reads_instances_and_rejects_bad_values():
         (dict(teachers="two"), "teachers must be one of"),
         (dict(rampup_fraction=1.5), r"rampup_fraction must lie in \[0, 1\]"),
         (dict(views="two"), "views must be one of"),
+        (dict(branch_stage=4), "branch_stage must be 0, 1, 2, 3 or None"),
+        (
+            dict(student="independent", branch_stage=2),
+            "branch_stage applies to a 'shared_trunk' student only",
+        ),
+        (
+            dict(example_index=True, views="per_branch"),
+            "example_index=True gives one image per example",
+        ),
     ],
 )
 def test_inconsistent_descriptions_are_refused(arguments, message):
@@ -158,3 +174,55 @@ def test_a_description_is_frozen_data():
     assert info.min_branches == 2 and info.rampup_fraction == 0.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.branches = 5
+
+
+def test_a_described_branch_stage_is_the_default_students():
+    class Stage1(methods.Method):  # not registered: no name
+        info = MethodInfo(branch_stage=1)
+
+    def top_layers(**kwargs):
+        student = Stage1().build_student("resnet8", **TINY, **kwargs)
+        return [layer.name for layer in student.layers]
+
+    # Branches from stage 1 on: only the stem is shared.
+    assert "stage1_block1_out" not in top_layers()
+    # A branch_stage given to build_student replaces the description's.
+    assert "stage2_block1_out" in top_layers(branch_stage=3)
+    # MCL-OKD's (2) comes from its description alone.
+    assert MethodInfo().branch_stage is None
+    assert methods.MCLOKD.info.branch_stage == 2
+
+
+def test_data_options_and_create_read_the_description(tiny_data):
+    x, y = tiny_data
+    assert methods.data_options(methods.ONE) == {}
+    assert methods.data_options(methods.PCL(), num_branches=4) == {"views": 4}
+    assert methods.data_options(methods.MCLOKD) == {"with_index": True}
+    # Teachers go where the description says; other arguments through.
+    teacher = tiny_teacher("teacher")
+    kd = methods.create("kd", teachers=[teacher], temperature=2.0)
+    assert kd.teachers == [teacher] and kd.temperature == 2.0
+    teachers = [teacher, tiny_teacher("teacher_1")]
+    assert methods.create(methods.EKD, teachers=teachers).teachers == teachers
+    with pytest.raises(ValueError, match="takes no pre-trained teachers"):
+        methods.create("one", teachers=[teacher])
+    with pytest.raises(ValueError, match="one pre-trained teacher; got 2"):
+        methods.create("kd", teachers=[teacher] * 2)
+    # A method with state per example reads its labels from indexed data.
+    indexed, _, _ = keras_one.data.load_arrays(
+        x, y, x[:8], y[:8], batch_size=32, with_index=True
+    )
+    method = methods.create("mcl_okd", train_ds=indexed, num_negatives=4)
+    assert method.num_examples == len(y)
+    assert list(methods.data_arguments(methods.MCLOKD, indexed)) == [
+        "example_labels"
+    ]
+    assert methods.data_arguments(methods.ONE, None) == {}
+    with pytest.raises(ValueError, match=r"load\(\.\.\., with_index=True\)"):
+        methods.create("mcl_okd")
+    plain, _, _ = keras_one.data.load_arrays(x, y, x, y, batch_size=32)
+    with pytest.raises(ValueError, match="carry no index"):
+        methods.create("mcl_okd", train_ds=plain)
+    # Given labels are kept (the data is not read).
+    given = methods.create("mcl_okd", example_labels=[0, 1] * 4)
+    assert given.num_examples == 8

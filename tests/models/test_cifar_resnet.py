@@ -67,3 +67,25 @@ def test_branch_stage_zero_gives_independent_networks():
 def test_bad_depth():
     with pytest.raises(ValueError, match="6n \\+ 2"):
         cifar_resnet(21)
+
+
+@pytest.mark.backend_portable
+def test_classifiers_start_as_pytorch_linear_layers():
+    # The official codes leave nn.Linear at PyTorch's default: a kernel
+    # uniform within 1/sqrt(fan_in) (64 features here: 0.125), where
+    # Keras' glorot_uniform would reach sqrt(6 / (64 + 10)) = 0.285.
+    keras.utils.set_random_seed(0)
+    model = cifar_resnet(20, num_classes=10, num_branches=3)
+    kernels = [
+        w for w in model.weights if "logits" in w.path and "kernel" in w.path
+    ]
+    assert len(kernels) == 3
+    for kernel in kernels:
+        values = keras.ops.convert_to_numpy(kernel)
+        assert values.shape == (64, 10)
+        assert 0.12 < abs(values).max() <= 0.125
+    assert not any(
+        keras.ops.convert_to_numpy(w).any()
+        for w in model.weights
+        if "logits" in w.path and "bias" in w.path
+    )

@@ -4,6 +4,7 @@ import pytest
 
 import keras_one
 from keras_one.models import make_multi_branch
+from keras_one.models import split_points
 
 
 def small_cnn():
@@ -128,4 +129,97 @@ def test_one_view_per_branch():
     trunk = net.get_layer("trunk")
     np.testing.assert_allclose(
         branch(trunk(x[1]))["logits"], logits[1], rtol=1e-5, atol=1e-5
+    )
+
+
+def nested_classifier():
+    """A classifier using a residual functional backbone as one layer."""
+    image = keras.Input((12, 12, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="stem")(image)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="block_conv")(x)
+    x = keras.layers.Add(name="block_out")([x, y])
+    x = keras.layers.Conv2D(6, 3, strides=2, name="down")(x)
+    backbone = keras.Model(image, x, name="backbone")
+    inputs = keras.Input((12, 12, 3), name="pixels")
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inputs))
+    return keras.Model(inputs, keras.layers.Dense(5, name="logits")(pooled))
+
+
+def test_split_inside_and_after_a_nested_backbone():
+    base = nested_classifier()
+    assert split_points(base) == [
+        "pixels",
+        "backbone/stem",  # (no skip crosses it: the Add reads it)
+        "backbone/block_out",
+        "backbone",
+        "pool",
+    ]
+    x = np.random.default_rng(0).normal(size=(2, 12, 12, 3)).astype("float32")
+    inside = make_multi_branch(base, "backbone/block_out", head="mean")
+    # The trunk runs the backbone's own layers (shared weights); each
+    # branch starts with a fresh copy of the rest of it.
+    assert inside.get_layer("stem") is base.get_layer("backbone").get_layer(
+        "stem"
+    )
+    branch = inside.get_layer("branch_0")
+    assert [w.shape for w in branch.weights] == [
+        (3, 3, 4, 6),
+        (6,),
+        (6, 5),
+        (5,),
+    ]
+    assert tuple(inside.output["branch_feature_maps"][0].shape) == (
+        None,
+        5,
+        5,
+        6,
+    )
+    # Branch 0 is the original tail with its weights.
+    backbone = base.get_layer("backbone")
+    backbone.get_layer("down").set_weights(branch.get_weights()[:2])
+    base.get_layer("logits").set_weights(branch.get_weights()[2:])
+    np.testing.assert_allclose(
+        inside(x)["branch_logits"][0], base(x), rtol=1e-5, atol=1e-5
+    )
+    after = make_multi_branch(base, "backbone", num_branches=2)
+    assert tuple(after.output["shared_features"].shape) == (None, 5, 5, 6)
+    assert len(after.get_layer("branch_1").weights) == 2  # the Dense only
+
+
+def test_nested_split_errors_name_the_fix():
+    base = nested_classifier()
+    with pytest.raises(ValueError, match=r"Did you mean one of \['backbone/"):
+        make_multi_branch(base, "block_out")
+    with pytest.raises(
+        ValueError, match=r"skip connection.*Valid split points.*block_out"
+    ):
+        make_multi_branch(base, "backbone/block_conv")
+    with pytest.raises(ValueError, match="last layer.*Valid split points"):
+        make_multi_branch(base, "logits")
+    with pytest.raises(TypeError, match="name of a layer"):
+        make_multi_branch(base, 3)
+
+
+def test_split_inside_a_model_nested_twice():
+    # A classifier whose backbone reads the classifier's own input, called
+    # on a tensor of an outer model (a keras-hub teacher): each nested model
+    # is traced on inputs of its own, with no clash of their names.
+    classifier = nested_classifier()
+    images = keras.Input((12, 12, 3), name="images")
+    scaled = keras.layers.Rescaling(2.0, name="scale")(images)
+    outer = keras.Model(images, classifier(scaled), name="outer")
+    nested = f"{classifier.name}/backbone/block_out"
+    assert nested in split_points(outer)
+    net = make_multi_branch(outer, nested, num_branches=2, head="mean")
+    x = np.random.default_rng(0).normal(size=(2, 12, 12, 3)).astype("float32")
+    outputs = net(x)
+    assert np.asarray(outputs["ensemble_logits"]).shape == (2, 5)
+    # The trunk is the outer model's layers up to the split, shared.
+    trunk = keras.Model(net.input, net.output["shared_features"])
+    backbone = classifier.get_layer("backbone")
+    expected = keras.Model(
+        backbone.input, backbone.get_layer("block_out").output
+    )
+    np.testing.assert_allclose(
+        trunk(x), expected(2.0 * x), rtol=1e-5, atol=1e-5
     )

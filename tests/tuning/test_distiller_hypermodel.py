@@ -212,3 +212,33 @@ def test_bad_search_spaces_are_explained():
         DistillerHyperModel("kd")
     with pytest.raises(ValueError, match="include 'accuracy'"):
         DistillerHyperModel("one", metrics=["mse"])
+
+
+def test_a_method_with_example_indices_reads_the_training_data(tiny_data):
+    x, y = tiny_data
+    train_ds, _, _ = keras_one.data.load_arrays(
+        x, y, x[:8], y[:8], batch_size=32, with_index=True
+    )
+    with pytest.raises(ValueError, match=r"train_ds=train_ds\), loaded with"):
+        DistillerHyperModel("mcl_okd", **TINY)
+    hypermodel = DistillerHyperModel(
+        "mcl_okd",
+        num_branches=2,
+        train_ds=train_ds,
+        method_options={"num_negatives": 8},
+        method_hyperparameters={"nce_weight": (0.01, 0.1)},
+        **TINY,
+    )
+    hp = kt.HyperParameters()
+    distiller = hypermodel.build(hp)
+    method = distiller.method
+    assert method.num_examples == len(y) and method.num_negatives == 8
+    assert method.nce_weight == pytest.approx(hp.get("nce_weight"))
+    np.testing.assert_array_equal(method.bank_labels.numpy(), y)
+    # Its student takes each example's index beside the images.
+    assert [t.name for t in distiller.student.inputs] == [
+        "image",
+        "example_index",
+    ]
+    # A second trial gets fresh banks, from the labels read once.
+    assert hypermodel.build(hp).method is not method
