@@ -1035,6 +1035,8 @@ def _resume_arguments(args, argv):
     cwd = record.get("cwd")
     for dest in PATH_ARGUMENTS:
         merged[dest] = _found_again(merged[dest], cwd)
+    if str(merged.get("model")).startswith(HUB_PREFIX):  # hub:./folder
+        merged["model"] = _found_again(merged["model"], cwd)
     merged.update(
         command="train",
         resume=folder,

@@ -390,3 +390,35 @@ def umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_resume_finds_relative_paths_again_from_the_first_folder(
+    tmp_path, monkeypatch
+):
+    # A run started in `first/` with relative paths, resumed from `other/`.
+    first, other, run = tmp_path / "first", tmp_path / "other", tmp_path / "run"
+    for folder in (first / "preset", first / "teacher", other, run):
+        folder.mkdir(parents=True)
+    (first / "data.npz").write_bytes(b"")
+    arguments = vars(cli.build_parser().parse_args(["train"]))
+    arguments.update(
+        dataset="data.npz",
+        model="hub:./preset",
+        teacher=["hub:./teacher"],
+        output_dir=str(run),
+    )
+    (run / "run.json").write_text(
+        json.dumps({"arguments": arguments, "cwd": str(first)})
+    )
+    monkeypatch.chdir(other)
+    args = cli.build_parser().parse_args(["train", "--resume", str(run)])
+    resumed = cli._resume_arguments(args, ["train", "--resume", str(run)])
+    assert resumed.dataset == str(first / "data.npz")
+    assert resumed.model == "hub:" + os.path.join(first, "./preset")
+    assert resumed.teacher == ["hub:" + os.path.join(first, "./teacher")]
+    # A model name is not a path: left as it is.
+    arguments["model"] = "resnet8"
+    (run / "run.json").write_text(
+        json.dumps({"arguments": arguments, "cwd": str(first)})
+    )
+    assert cli._resume_arguments(args, []).model == "resnet8"
