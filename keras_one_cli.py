@@ -78,6 +78,7 @@ examples:
       --format tflite --output branch0.tflite
   keras-one predict branch0.tflite my_images/      # top classes by name
   keras-one pipeline ban --generations 3           # Born-Again Networks
+  keras-one pipeline srm --teacher-model resnet20  # SRM, then KD
 """
 
 DATASET_HELP = (
@@ -217,7 +218,8 @@ def build_parser(method_names=None):
 
     pipeline = commands.add_parser(
         "pipeline",
-        help="multi-run distillation: ensemble KD, self-distillation, BAN",
+        help="multi-stage distillation: ensemble KD, self-distillation, "
+        "BAN, SRM, block-wise KD",
         description="Train several networks of one architecture, one after "
         "the other, with the frozen earlier ones as teachers (KD): "
         "'ensemble' trains --members networks on the labels and distils "
@@ -225,7 +227,12 @@ def build_parser(method_names=None):
         "2023); 'self' distils a network into a fresh copy of itself, "
         "--generations times (Allen-Zhu and Li); 'ban' chains Born-Again "
         "Networks (Furlanello et al., ICML 2018) and averages the "
-        "generations. Every stage is saved in the run folder as "
+        "generations; 'srm' trains a --teacher-model, codes its feature maps "
+        "sparsely, initializes the --model student on those codes and "
+        "distils it (Sparse Representation Matching, Tran et al.); "
+        "'blockwise' trains each block of the student on the teacher "
+        "block's output, then distils it (Ahmed et al., ICPR 2020). Every "
+        "stage is saved in the run folder as "
         "<stage>.keras when it finishes; continue an interrupted run with "
         "--resume DIR.",
     )
@@ -233,7 +240,7 @@ def build_parser(method_names=None):
     return parser
 
 
-PIPELINES = ("ensemble", "self", "ban")
+PIPELINES = ("ensemble", "self", "ban", "srm", "blockwise")
 
 
 def _at_least_two(text):
@@ -250,6 +257,22 @@ def _unit_interval(text):
     return value
 
 
+def _ratio(text):
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1]: {text}")
+    return value
+
+
+def _layer_names(text):
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(
+            f"must be layer names separated by commas: {text!r}"
+        )
+    return names
+
+
 def _add_pipeline_arguments(parser, kind=True):
     """The `pipeline` command's arguments; `kind=False` leaves out its
     positional PIPELINE (for the parser that lists the flags given)."""
@@ -259,14 +282,50 @@ def _add_pipeline_arguments(parser, kind=True):
             nargs="?",
             choices=PIPELINES,
             metavar="PIPELINE",
-            help="ensemble, self or ban (read from DIR/run.json with --resume)",
+            help="ensemble, self, ban, srm or blockwise (read from "
+            "DIR/run.json with --resume)",
         )
     _add_data_arguments(parser)
     parser.add_argument(
         "--model",
         default=None,
-        help="network of every stage: resnet<depth>, depth 6n+2 (default: "
-        "resnet8 on digits, resnet32 otherwise)",
+        help="network of every stage (the student for srm and blockwise): "
+        "resnet<depth>, depth 6n+2 (default: resnet8 on digits, resnet32 "
+        "otherwise)",
+    )
+    parser.add_argument(
+        "--teacher-model",
+        default=None,
+        help="srm, blockwise: the teacher, trained first: resnet<depth> "
+        "(default: resnet20 on digits, resnet56 otherwise)",
+    )
+    parser.add_argument(
+        "--teacher-layers",
+        type=_layer_names,
+        default=None,
+        help="srm, blockwise: the teacher's layers tapped (srm) or ending "
+        "its blocks (blockwise), separated by commas (default: its stage "
+        "outputs, stage<i>_block<n>_out)",
+    )
+    parser.add_argument(
+        "--student-layers",
+        type=_layer_names,
+        default=None,
+        help="srm, blockwise: the student's layers matched to them, of the "
+        "same spatial sizes (default: its stage outputs)",
+    )
+    parser.add_argument(
+        "--codeword-multiplier",
+        type=_positive_float,
+        default=None,
+        help="srm: codewords per channel of a tapped feature map (default: 2)",
+    )
+    parser.add_argument(
+        "--sparsity-ratio",
+        type=_ratio,
+        default=None,
+        help="srm: r, keeping int(channels * multiplier * r) codes per "
+        "pixel, at least 1 (default: 0.02)",
     )
     parser.add_argument(
         "--members",
@@ -292,7 +351,7 @@ def _add_pipeline_arguments(parser, kind=True):
         type=_unit_interval,
         default=None,
         help="weight of the distillation term, 1 - alpha weighing the "
-        "labels (default: 0.9; 1 for ban, no labels)",
+        "labels (default: 0.9; 1 for ban, no labels; 0.5 for srm)",
     )
     parser.add_argument(
         "--temperature",

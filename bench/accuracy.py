@@ -298,9 +298,9 @@ def _info_dict(info):
 def teacher_count(name, args):
     """How many pre-trained teachers method `name` takes (0: none)."""
     from keras_one import methods
+    from keras_one.methods.method_info import num_teachers
 
-    kind = methods.get(name).info.teachers
-    return {"none": 0, "one": 1, "per_branch": args.branches}[kind]
+    return num_teachers(methods.get(name), args.branches)
 
 
 # Ramped up (as ONE) although their papers have none: without a ramp-up,

@@ -51,11 +51,12 @@ def build_step(method_name, jit_compile, args, images, labels):
     from keras_one import Distiller
     from keras_one import methods
     from keras_one import models
+    from keras_one.methods.method_info import num_teachers
 
     keras.utils.set_random_seed(0)
     method_class = methods.get(method_name)
     info = method_class.info
-    count = {"none": 0, "one": 1, "per_branch": info.branches}[info.teachers]
+    count = num_teachers(method_class)
     teachers = [
         models.get(args.model)(
             num_classes=args.num_classes,
@@ -67,7 +68,7 @@ def build_step(method_name, jit_compile, args, images, labels):
     ]
     if info.teachers == "one":
         method = method_class(teacher=teachers[0])
-    elif info.teachers == "per_branch":
+    elif info.teachers in ("per_branch", "several"):
         method = method_class(teachers=teachers)
     else:
         method = method_class()

@@ -1,4 +1,4 @@
-"""The `keras-one pipeline` command: ensemble KD, self-distillation, BAN.
+"""The `keras-one pipeline` command: ensembles, self-distillation, BAN, SRM.
 
 It runs `keras_one.pipelines` on the command's data and recipe, in a run
 folder handled as `keras-one train` handles its own (`cli._Run`: a new or
@@ -22,12 +22,21 @@ FUNCTIONS = {
     "ensemble": "ensemble_distillation",
     "self": "self_distillation",
     "ban": "born_again",
+    "srm": "sparse_representation_matching",
+    "blockwise": "blockwise_distillation",
 }
+# The pipelines with a teacher of another architecture, by their module.
+TEACHER_PIPELINES = {"srm": "srm", "blockwise": "blockwise"}
 # Flags that only some pipelines take.
 ONLY = {
     "members": ("ensemble",),
     "generations": ("self", "ban"),
     "average": ("ensemble", "ban"),
+    "teacher_model": tuple(TEACHER_PIPELINES),
+    "teacher_layers": tuple(TEACHER_PIPELINES),
+    "student_layers": tuple(TEACHER_PIPELINES),
+    "codeword_multiplier": ("srm",),
+    "sparsity_ratio": ("srm",),
 }
 
 
@@ -40,6 +49,11 @@ def pipeline(args):
     if args.model is None:
         args.model = "resnet8" if args.dataset == "digits" else "resnet32"
     _check_model(args.model)
+    if args.kind in TEACHER_PIPELINES:
+        if args.teacher_model is None:
+            digits = args.dataset == "digits"
+            args.teacher_model = "resnet20" if digits else "resnet56"
+        _check_model(args.teacher_model, "--teacher-model")
     run = _PipelineRun(args)  # refuses a taken folder before any loading
     if run.finished:
         print(
@@ -67,12 +81,13 @@ def _options(args):
 
     if args.kind is None:
         raise cli._error(
-            "pipeline needs PIPELINE, one of ensemble, self, ban (e.g. "
+            "pipeline needs PIPELINE, one of ensemble, self, ban, srm, "
+            "blockwise (e.g. "
             "keras-one pipeline ban), or --resume DIR"
         )
     for dest, kinds in ONLY.items():
         if getattr(args, dest) is not None and args.kind not in kinds:
-            flag = "--" + dest
+            flag = "--" + dest.replace("_", "-")
             raise cli._error(
                 f"{flag} applies to the {' and '.join(kinds)} pipelines, "
                 f"not to {args.kind}: leave out {flag}"
@@ -81,17 +96,20 @@ def _options(args):
     for dest in options:
         if getattr(args, dest) is not None:
             options[dest] = getattr(args, dest)
+    if args.kind in TEACHER_PIPELINES:
+        options["teacher_layers"] = args.teacher_layers
+        options["student_layers"] = args.student_layers
     return options
 
 
-def _check_model(name):
+def _check_model(name, flag="--model"):
     """Refuses an unknown --model before anything is loaded."""
     from keras_one import models
 
     try:
         models.get(name)
     except (ValueError, ImportError) as error:
-        raise cli._error(f"--model {name}: {cli._one_line(error)}") from None
+        raise cli._error(f"{flag} {name}: {cli._one_line(error)}") from None
 
 
 def _pipeline(args, run, options):
@@ -105,19 +123,28 @@ def _pipeline(args, run, options):
     keras.utils.set_random_seed(args.seed)
     train_ds, test_ds, info = cli._load_dataset(args, args.batch_size)
     num_classes, input_shape = experiment.classes_and_shape(info)
-    try:
-        build_model = functools.partial(
-            models.get(args.model),
-            num_classes=num_classes,
-            input_shape=input_shape,
-            num_branches=1,
-            weight_decay=args.weight_decay,
-        )
-        build_model()
-    except (ValueError, TypeError, ImportError) as error:
-        raise cli._error(
-            f"--model {args.model}: {cli._one_line(error)}"
-        ) from None
+    builders = {}
+    for flag, name in (("--model", args.model), ("--teacher-model", None)):
+        if flag == "--teacher-model":
+            if args.kind not in TEACHER_PIPELINES:
+                continue
+            name = args.teacher_model
+        try:
+            builders[flag] = functools.partial(
+                models.get(name),
+                num_classes=num_classes,
+                input_shape=input_shape,
+                num_branches=1,
+                weight_decay=args.weight_decay,
+            )
+            builders[flag]()
+        except (ValueError, TypeError, ImportError) as error:
+            raise cli._error(f"{flag} {name}: {cli._one_line(error)}") from None
+    build_model = builders["--model"]
+    teacher = {}
+    if args.kind in TEACHER_PIPELINES:
+        teacher["teacher"] = builders["--teacher-model"]
+        _check_layers(args.kind, build_model, teacher["teacher"], options)
     run.open()
     print(f"Run folder: {run.path}")
     run.started = True  # from here on, the folder is a run to resume
@@ -128,13 +155,14 @@ def _pipeline(args, run, options):
     try:
         _, accuracy = function(
             build_model,
-            train_ds,
-            test_ds,
-            args.epochs,
-            run.path,
+            train_ds=train_ds,
+            test_ds=test_ds,
+            epochs=args.epochs,
+            directory=run.path,
             optimizer=optimizer,
             seed=args.seed,
             verbose=args.verbose,
+            **teacher,
             **options,
         )
     except OSError as error:  # e.g. a full disk while saving a stage
@@ -180,6 +208,27 @@ def _pipeline(args, run, options):
     print(f"models:  {os.path.join(run.path, '<stage>.keras')}")
     run.finish()
     return results
+
+
+def _check_layers(kind, build_model, build_teacher, options):
+    """Refuses layers the teacher and student lack, before the run starts."""
+    from keras_one import pipelines
+
+    module = getattr(pipelines, TEACHER_PIPELINES[kind])
+    checked = ("teacher_layers", "student_layers")
+    if kind == "srm":
+        checked += ("codeword_multiplier", "sparsity_ratio")
+    try:
+        module.check_arguments(
+            build_model,
+            build_teacher(),
+            **{name: options[name] for name in checked},
+        )
+    except pipelines.ArgumentError as error:
+        flag = "--" + error.argument.replace("_", "-")
+        message = " ".join(str(error).split())
+        message = message.removeprefix(f"{error.argument}: ")
+        raise cli._error(f"{flag}: {message}") from None
 
 
 def _rows(accuracy):

@@ -156,6 +156,11 @@ def _check_method_arguments(args):
                 f"--teacher flags but --branches {args.branches}; leave out "
                 "--branches"
             )
+    if info.teachers == "several" and not teachers:
+        raise _error(
+            f"{method} needs pre-trained teachers: --teacher PATH.keras, "
+            "once per teacher (one or more)"
+        )
     if info.teachers == "none" and teachers:
         raise _error(f"{method} takes no --teacher")
     for path in teachers:

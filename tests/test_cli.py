@@ -283,3 +283,35 @@ def test_a_method_with_example_indices_trains_exports_and_evaluates(
         scores["branch_accuracy"][1],
         atol=1e-6,
     )
+
+
+def test_train_with_several_teachers(tmp_path):
+    """`train --method meal --teacher A --teacher B`: both teachers kept."""
+    paths, teachers = [], []
+    for index in range(2):
+        keras.utils.set_random_seed(index)
+        teacher = keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(10),
+            ]
+        )
+        paths.append(str(tmp_path / f"teacher_{index}.keras"))
+        teacher.save(paths[-1])
+        teachers.append(teacher)
+    out = tmp_path / "run"
+    arguments = ["train", "--method", "meal", "--epochs", "1"]
+    arguments += ["--teacher", paths[0], "--teacher", paths[1]]
+    arguments += ["--no-baseline", "--verbose", "0", "--output-dir", str(out)]
+    assert cli.main(arguments) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["arguments"]["teacher"] == paths
+    assert len(results["meal"]["branch_accuracy"]) == 1
+    distiller = keras.saving.load_model(out / "distiller.keras")
+    assert len(distiller.method.teachers) == 2
+    for saved, teacher in zip(distiller.method.teachers, teachers, strict=True):
+        for got, expected in zip(
+            saved.get_weights(), teacher.get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(got, expected)

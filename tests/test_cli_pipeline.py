@@ -187,6 +187,19 @@ def no_data(monkeypatch):
         (["ban", "--alpha", "1.5"], "argument --alpha: must lie in [0, 1]"),
         (["self", "--temperature", "0"], "argument --temperature: must be"),
         (["mean"], "argument PIPELINE: invalid choice: 'mean'"),
+        (["srm", "--epochs", "0"], "argument --epochs: must be a positive"),
+        (
+            ["srm", "--sparsity-ratio", "0"],
+            "argument --sparsity-ratio: must lie in (0, 1]: 0",
+        ),
+        (
+            ["srm", "--codeword-multiplier", "-2"],
+            "argument --codeword-multiplier: must be a positive number",
+        ),
+        (
+            ["blockwise", "--teacher-layers", "stage1_block1_out,"],
+            "argument --teacher-layers: must be layer names separated by",
+        ),
     ],
 )
 def test_bad_values_are_refused_by_the_parser(argv, message, no_data, capsys):
@@ -208,7 +221,7 @@ def one_line_error(argv):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        ([], "pipeline needs PIPELINE, one of ensemble, self, ban"),
+        ([], "pipeline needs PIPELINE, one of ensemble, self, ban, srm"),
         (
             ["ensemble", "--generations", "2"],
             "--generations applies to the self and ban pipelines, not to "
@@ -216,6 +229,14 @@ def one_line_error(argv):
         ),
         (["ban", "--members", "3"], "--members applies to the ensemble"),
         (["self", "--average", "probabilities"], "leave out --average"),
+        (
+            ["ensemble", "--teacher-model", "resnet20"],
+            "--teacher-model applies to the srm and blockwise pipelines",
+        ),
+        (
+            ["blockwise", "--sparsity-ratio", "0.1"],
+            "--sparsity-ratio applies to the srm pipelines, not to blockwise",
+        ),
     ],
 )
 def test_flags_of_other_pipelines_are_refused(argv, message, no_data):
@@ -249,6 +270,37 @@ def test_an_unknown_model_is_refused_before_anything_loads(tmp_path, no_data):
     assert not folder.exists()
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["srm", "--teacher-layers", "stage1_block1_out,nowhere"],
+            "--teacher-layers: the teacher 'resnet8' has no layer 'nowhere';",
+        ),
+        (
+            [
+                "blockwise",
+                "--student-layers",
+                "stage2_block1_out,stage1_block1_out,stage3_block1_out",
+            ],
+            "--student-layers: student layer 'stage2_block1_out' is 4x4 but "
+            "teacher layer 'stage1_block1_out' is 8x8; pair layers",
+        ),
+        (
+            ["srm", "--teacher-model", "vgg3"],
+            "--teacher-model vgg3: ValueError: Unknown model 'vgg3'",
+        ),
+    ],
+)
+def test_bad_layers_are_refused_before_the_run_starts(argv, message, tmp_path):
+    folder = tmp_path / "run"
+    argv = [*argv, "--model", "resnet8", "--output-dir", str(folder)]
+    if "--teacher-model" not in argv:
+        argv += ["--teacher-model", "resnet8"]
+    assert message in one_line_error(["pipeline", *argv])
+    assert not folder.exists()
+
+
 def test_the_help_states_the_pipelines_defaults():
     import keras_one_cli
 
@@ -264,7 +316,11 @@ def test_the_help_states_the_pipelines_defaults():
         f"{ban['generations']} for ban)" in help_text
     )
     assert ensemble["alpha"] == self_distillation["alpha"] == 0.9
-    assert "(default: 0.9; 1 for ban, no labels)" in help_text
+    assert "(default: 0.9; 1 for ban, no labels; 0.5 for srm)" in help_text
+    srm = pipelines.DEFAULTS["sparse_representation_matching"]
+    assert srm["alpha"] == 0.5 and srm["temperature"] == 4
+    assert f"(default: {srm['codeword_multiplier']:g})" in help_text
+    assert f"at least 1 (default: {srm['sparsity_ratio']:g})" in help_text
     assert ban["alpha"] == ban["temperature"] == 1.0
     assert ensemble["temperature"] == self_distillation["temperature"] == 4
     assert "(default: 4; 1 for ban)" in help_text

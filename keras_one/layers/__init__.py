@@ -10,3 +10,4 @@ from keras_one.layers.fusion_classifier import FusionClassifier
 from keras_one.layers.gated_ensemble import GatedEnsemble
 from keras_one.layers.gradient_scale import GradientScale
 from keras_one.layers.peer_attention import PeerAttention
+from keras_one.layers.sparse_coding import SparseCoding

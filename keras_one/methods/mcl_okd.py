@@ -9,6 +9,7 @@ from keras_one import export
 from keras_one.losses import cross_entropy
 from keras_one.losses import distillation_kl
 from keras_one.losses import rampup_weight
+from keras_one.methods._integer_hash import hash31
 from keras_one.methods.method import Method
 from keras_one.methods.method_info import MethodInfo
 from keras_one.student_outputs import normalize_outputs
@@ -422,9 +423,10 @@ class MCLOKD(Method):
         """
         labels = self.bank_labels.value
         own_class = ops.take(labels, index)
-        key = _hash(_hash(ops.cast(step, "int32") + _hash(self.seed)) + index)
+        step = ops.cast(step, "int32")
+        key = hash31(hash31(step + hash31(self.seed)) + index)
         candidates = ops.arange(self.num_examples, dtype="int32")
-        keys = _hash(key[:, None] + _hash(candidates)[None, :] * 2 + 1)
+        keys = hash31(key[:, None] + hash31(candidates)[None, :] * 2 + 1)
         keys = ops.where(labels[None, :] == own_class[:, None], -1, keys)
         _, negatives = ops.top_k(keys, self.num_negatives, sorted=False)
         return ops.cast(negatives, "int32")
@@ -598,27 +600,6 @@ def _example_index(inputs):
             "are ({'image': ..., 'example_index': ...}, labels)."
         )
     return ops.reshape(ops.cast(index, "int32"), (-1,))
-
-
-def _hash(x):
-    """A 31-bit integer hash (lowbias32, masked), elementwise, in int32.
-
-    Integer arithmetic only (int32 products wrap around; right shifts are
-    made logical by masking), so every backend, and XLA, compute the same
-    bits.
-    """
-    x = ops.convert_to_tensor(x, "int32")
-    x = ops.bitwise_xor(x, _shift_right(x, 16))
-    x = x * 0x7FEB352D
-    x = ops.bitwise_xor(x, _shift_right(x, 15))
-    x = x * (0x846CA68B - 2**32)
-    x = ops.bitwise_xor(x, _shift_right(x, 16))
-    return ops.bitwise_and(x, 0x7FFFFFFF)
-
-
-def _shift_right(x, bits):
-    """Logical right shift of int32 `x`."""
-    return ops.bitwise_and(ops.right_shift(x, bits), (1 << (32 - bits)) - 1)
 
 
 def _gather_replicas(tensors):

@@ -2,7 +2,10 @@ import dataclasses
 import re
 
 STUDENTS = ("shared_trunk", "independent", "single", "own")
-TEACHERS = ("none", "one", "per_branch")
+TEACHERS = ("none", "one", "per_branch", "several")
+# The teachers given to a `"several"` method when a run does not choose
+# (`num_teachers`): the fewest with which a teacher is drawn at random.
+SEVERAL_TEACHERS = 2
 VIEWS = ("one", "per_branch")
 
 
@@ -35,8 +38,11 @@ class MethodInfo:
             1) or `"own"` (a network of the method's own, built by its
             `build_student`, e.g. OEC's `keras_one.models.oec_resnet`).
         teachers: the pre-trained teachers the method learns from:
-            `"none"`, `"one"` (the constructor's `teacher` argument) or
-            `"per_branch"` (its `teachers` argument, one per branch).
+            `"none"`, `"one"` (the constructor's `teacher` argument),
+            `"per_branch"` (its `teachers` argument, one per branch) or
+            `"several"` (its `teachers` argument, one or more, whatever the
+            branches: MEAL). `num_teachers(method, num_branches)` gives the
+            count a run uses.
         rampup_fraction: the ramp-up of the distillation weight, as a
             fraction of training, from the paper or its official code (ONE:
             80 of 300 epochs); 0 for none. `rampup_epochs(method, epochs)`
@@ -270,6 +276,38 @@ def data_arguments(method, train_ds):
     return {"example_labels": example_labels(train_ds)}
 
 
+def num_teachers(method, num_branches=None):
+    """How many pre-trained teachers a run of a method takes by default.
+
+    The one reading of `info.teachers` as a count, for the benchmarks and
+    the tests that build teachers themselves.
+
+    Args:
+        method: a method class or instance.
+        num_branches: the student's number of branches; `None` for the
+            method's default (`info.branches`).
+
+    Returns:
+        0 (`"none"`), 1 (`"one"`), the number of branches
+        (`"per_branch"`) or `SEVERAL_TEACHERS` (`"several"`: any count
+        works; 2 is the fewest with which one is drawn at random).
+
+    Example:
+
+    >>> from keras_one.methods.method_info import num_teachers
+    >>> num_teachers(keras_one.methods.KD)
+    1
+    >>> num_teachers(keras_one.methods.EKD, num_branches=3)
+    3
+    >>> num_teachers(keras_one.methods.MEAL)
+    2
+    """
+    kind = method.info.teachers
+    if kind == "per_branch":
+        return int(num_branches or method.info.branches)
+    return {"none": 0, "one": 1, "several": SEVERAL_TEACHERS}[kind]
+
+
 def create(method, train_ds=None, teachers=None, **kwargs):
     """Constructs a method for a run, with what its description asks for.
 
@@ -284,7 +322,8 @@ def create(method, train_ds=None, teachers=None, **kwargs):
         train_ds: the training data, loaded with `data_options(method)`;
             needed only by methods with `info.example_index`.
         teachers: the pre-trained teacher models, for methods whose
-            `info.teachers` is `"one"` (one model) or `"per_branch"`;
+            `info.teachers` is `"one"` (one model), `"per_branch"` or
+            `"several"`;
             `None` to pass them (if any) in `kwargs`.
         **kwargs: other constructor arguments (`temperature`,
             `rampup_epochs`, ...).
@@ -312,11 +351,11 @@ def create(method, train_ds=None, teachers=None, **kwargs):
                     f"{len(teachers)}."
                 )
             arguments["teacher"] = teachers[0]
-        elif info.teachers == "per_branch":
+        elif info.teachers in ("per_branch", "several"):
             if not teachers:
+                each = " per branch" if info.teachers == "per_branch" else "s"
                 raise ValueError(
-                    f"{name} learns from one pre-trained teacher per branch; "
-                    "got none."
+                    f"{name} learns from pre-trained teacher{each}; got none."
                 )
             arguments["teachers"] = teachers
         elif teachers:

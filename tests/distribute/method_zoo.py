@@ -11,6 +11,7 @@ import numpy as np
 
 from keras_one import methods
 from keras_one import models
+from keras_one.methods.method_info import num_teachers
 
 NUM_CLASSES = 4
 INPUT_SHAPE = (8, 8, 1)
@@ -40,19 +41,20 @@ def num_branches(name):
 def make_method(name):
     """The method `name` with test-sized arguments, read from its `info`.
 
-    Teachers are built fresh for each call, one per branch for the methods
-    that take a teacher per branch. Methods with a ramp-up get a short one,
-    so that the epoch counter matters within a few epochs.
+    Teachers are built fresh for each call: one per branch for the methods
+    that take a teacher per branch, 2 for those that take several. Methods
+    with a ramp-up get a short one, so that the epoch counter matters
+    within a few epochs.
     """
     method_class = methods.get(name)
     info = method_class.info
     arguments = {}
     if info.teachers == "one":
         arguments["teacher"] = tiny_teacher()
-    elif info.teachers == "per_branch":
+    elif info.teachers in ("per_branch", "several"):
         arguments["teachers"] = [
             tiny_teacher(f"teacher_{index}")
-            for index in range(num_branches(name))
+            for index in range(num_teachers(method_class, num_branches(name)))
         ]
     if info.rampup_fraction:
         arguments["rampup_epochs"] = 2

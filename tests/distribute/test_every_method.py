@@ -275,12 +275,17 @@ def test_mixed_precision_trains(sweeps, method, policy):
     losses = mixed["batch_losses"]
     assert np.all(np.isfinite(losses))
     # The first loss is float32's (same weights, same batch) up to the
-    # precision of the compute dtype, and training lowers it.
+    # precision of the compute dtype, and training lowers the loss: the
+    # mean of the last epoch is below the first epoch's (epoch means, not
+    # the first batch: a method without a label term, such as MEAL, moves
+    # its loss less in six steps than one batch differs from another).
     rtol = 1e-3 if policy == "mixed_float16" else 1e-2
     np.testing.assert_allclose(
         losses[0], mixed["float32_first_loss"], rtol=rtol
     )
-    assert mixed["history"]["loss"][-1] < losses[0]
+    epoch_losses = mixed["history"]["loss"]
+    assert len(epoch_losses) >= 2
+    assert epoch_losses[-1] < epoch_losses[0]
 
 
 # === Determinism ===

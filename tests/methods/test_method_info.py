@@ -10,6 +10,7 @@ from keras_one.methods import MethodInfo
 from keras_one.methods import rampup_epochs
 from keras_one.methods.method_info import STUDENTS
 from keras_one.methods.method_info import TEACHERS
+from keras_one.methods.method_info import num_teachers
 from keras_one.student_outputs import normalize_outputs
 
 TINY = dict(num_classes=4, input_shape=(8, 8, 1))
@@ -24,10 +25,11 @@ def make_method(method_class):
     info = method_class.info
     if info.teachers == "one":
         return method_class(teacher=tiny_teacher("teacher"))
-    if info.teachers == "per_branch":
+    if info.teachers in ("per_branch", "several"):
         return method_class(
             teachers=[
-                tiny_teacher(f"teacher_{i}") for i in range(info.branches)
+                tiny_teacher(f"teacher_{i}")
+                for i in range(num_teachers(method_class))
             ]
         )
     if info.example_index:
@@ -86,6 +88,7 @@ def test_the_built_in_methods_state_their_papers_defaults():
         "ffl": (2, "none", 80),
         "kd": (1, "one", 0),
         "mcl_okd": (4, "none", 0),
+        "meal": (1, "several", 0),
         "mde": (3, "none", 80),
         "oec": (5, "none", 0),
         "okddip": (4, "none", 80),
@@ -204,6 +207,14 @@ def test_data_options_and_create_read_the_description(tiny_data):
     assert kd.teachers == [teacher] and kd.temperature == 2.0
     teachers = [teacher, tiny_teacher("teacher_1")]
     assert methods.create(methods.EKD, teachers=teachers).teachers == teachers
+    # Several teachers: any count, independent of the branches.
+    assert methods.create("meal", teachers=[teacher]).teachers == [teacher]
+    assert methods.create("meal", teachers=teachers).teachers == teachers
+    with pytest.raises(ValueError, match="teachers; got none"):
+        methods.create("meal", teachers=[])
+    assert num_teachers(methods.MEAL, num_branches=5) == 2
+    assert num_teachers(methods.EKD, num_branches=3) == 3
+    assert num_teachers(methods.KD) == 1 and num_teachers(methods.ONE) == 0
     with pytest.raises(ValueError, match="takes no pre-trained teachers"):
         methods.create("one", teachers=[teacher])
     with pytest.raises(ValueError, match="one pre-trained teacher; got 2"):

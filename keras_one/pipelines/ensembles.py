@@ -1,62 +1,23 @@
-"""Multi-run distillation: ensemble distillation, self-distillation, BAN.
+"""Ensemble distillation, self-distillation and Born-Again Networks.
 
 The protocols of Allen-Zhu and Li ("Towards Understanding Ensemble,
 Knowledge Distillation and Self-Distillation in Deep Learning", ICLR 2023,
 arXiv:2012.09816) and of Furlanello et al. ("Born Again Neural Networks",
-ICML 2018, arXiv:1805.04770) train several networks one after the other,
-each a full training, with the frozen earlier ones as teachers:
-
-- `ensemble_distillation`: `members` networks of one architecture trained
-  on the labels, differing only in their seed; their averaged prediction
-  (`ensemble_model`) is distilled into a fresh network of the same
-  architecture.
-- `self_distillation`: a network trained on the labels is distilled into a
-  fresh copy of itself (from a new random initialization), over
-  `generations` generations.
-- `born_again`: the same chain with BAN's loss (cross-entropy to the
-  previous generation's softmax at `T = 1`), and BAN's ensemble of the
-  generations.
-
-Every distillation stage is `keras_one.methods.KD` in a
-`keras_one.Distiller`; every stage is trained with Keras `fit`. Each stage
-is saved in `directory` as `<stage>.keras` (written whole or not at all)
-as soon as it finishes, with `<stage>.json` (its test accuracy, epoch logs
-and training time), and is backed up at every epoch end while it trains
-(`keras.callbacks.BackupAndRestore`, as `keras-one train` backs up its
-stages). Calling the pipeline again with the same `directory` loads the
-finished stages, resumes the interrupted one from its last finished epoch
-and trains the rest: with freshly built datasets (as a new process builds
-them: never iterated, built after the same `keras.utils.set_random_seed`,
-as TensorFlow combines a shuffle's seed with the global seed) it ends with
-the weights of an uninterrupted run. A directory holding
-another pipeline, or one with other settings, is refused, and a directory
-that a live run is using is locked.
-
-The stages are TensorFlow-backend code (the backups and the data order
-use `tf.data`), as the `keras-one` command is.
-
-`keras-one pipeline {ensemble,self,ban}` runs them from the command line.
+ICML 2018, arXiv:1805.04770): networks of one architecture trained one
+after the other, each a full training, with the frozen earlier ones as
+teachers through `keras_one.methods.KD`.
 """
-
-import contextlib
-import json
-import os
-import socket
 
 import keras
 
-from keras_one import _atomic
-from keras_one import _run_folder
-from keras_one import experiment
 from keras_one import recipes
-from keras_one.distiller import Distiller
-from keras_one.distiller import _NonFiniteLossGuard
 from keras_one.layers.ensemble_average import AVERAGES
 from keras_one.layers.ensemble_average import EnsembleAverage
-from keras_one.methods.kd import KD
+from keras_one.pipelines._stages import Stages
+from keras_one.pipelines._stages import Training
+from keras_one.pipelines._stages import check_count
+from keras_one.pipelines._stages import check_kd
 
-# The settings of the pipeline of a directory, written when it starts.
-RECORD = "pipeline.json"
 # Each pipeline's defaults, as data (the `keras-one pipeline` command reads
 # them): its paper's, or KD's where the paper's were not read.
 DEFAULTS = {
@@ -235,8 +196,8 @@ def ensemble_distillation(
     print(accuracy["ensemble"], accuracy["student"])
     ```
     """
-    _check_count("members", members, minimum=2)
-    _check_kd(alpha, temperature)
+    check_count("members", members, minimum=2)
+    check_kd(alpha, temperature)
     _check_average(average)
     names = [f"member_{index}" for index in range(members)] + ["student"]
     settings = {
@@ -246,9 +207,7 @@ def ensemble_distillation(
         "alpha": alpha,
         "temperature": temperature,
     }
-    with _Stages(
-        directory,
-        settings,
+    training = Training(
         build_model,
         train_ds,
         test_ds,
@@ -257,7 +216,8 @@ def ensemble_distillation(
         seed,
         callbacks,
         verbose,
-    ) as stages:
+    )
+    with Stages(directory, settings, training) as stages:
         trained = [stages.train(name) for name in names[:-1]]
 
         def ensemble_teacher():
@@ -337,18 +297,20 @@ def self_distillation(
     """
     models, accuracy = _generations(
         "self_distillation",
-        build_model,
-        train_ds,
-        test_ds,
-        epochs,
+        Training(
+            build_model,
+            train_ds,
+            test_ds,
+            epochs,
+            optimizer,
+            seed,
+            callbacks,
+            verbose,
+        ),
         directory,
         generations,
         alpha,
         temperature,
-        optimizer,
-        seed,
-        callbacks,
-        verbose,
     )
     return models, accuracy
 
@@ -432,18 +394,20 @@ def born_again(
     _check_average(average)
     models, accuracy = _generations(
         "born_again",
-        build_model,
-        train_ds,
-        test_ds,
-        epochs,
+        Training(
+            build_model,
+            train_ds,
+            test_ds,
+            epochs,
+            optimizer,
+            seed,
+            callbacks,
+            verbose,
+        ),
         directory,
         generations,
         alpha,
         temperature,
-        optimizer,
-        seed,
-        callbacks,
-        verbose,
         average=average,
     )
     born = models["generations"][1:]
@@ -456,24 +420,11 @@ def born_again(
 
 
 def _generations(
-    pipeline,
-    build_model,
-    train_ds,
-    test_ds,
-    epochs,
-    directory,
-    generations,
-    alpha,
-    temperature,
-    optimizer,
-    seed,
-    callbacks,
-    verbose,
-    **settings,
+    pipeline, training, directory, generations, alpha, temperature, **settings
 ):
     """Generation 0 on labels, then each generation distilled from the last."""
-    _check_count("generations", generations, minimum=1)
-    _check_kd(alpha, temperature)
+    check_count("generations", generations, minimum=1)
+    check_kd(alpha, temperature)
     names = [f"generation_{index}" for index in range(generations + 1)]
     settings = {
         "pipeline": pipeline,
@@ -482,18 +433,7 @@ def _generations(
         "temperature": temperature,
         **settings,
     }
-    with _Stages(
-        directory,
-        settings,
-        build_model,
-        train_ds,
-        test_ds,
-        epochs,
-        optimizer,
-        seed,
-        callbacks,
-        verbose,
-    ) as stages:
+    with Stages(directory, settings, training) as stages:
         trained = [stages.train(names[0])]
         for previous, name in zip(names[:-1], names[1:], strict=True):
             trained.append(
@@ -510,272 +450,6 @@ def _generations(
     )
 
 
-class _Stages:
-    """The stages of one pipeline in its directory: train, save, reload.
-
-    A context manager: entering takes the directory's lock (unless this
-    process holds it: the `keras-one pipeline` command) and checks or
-    writes its record; leaving releases the lock.
-
-    Stage `i` (in the order of `settings["stages"]`) is built and trained
-    after `keras.utils.set_random_seed(seed + i)`. Every trained epoch
-    opens the training dataset once (`Stage.dataset`); a finished stage
-    that is loaded instead opens it as many times, unread, so that every
-    stage gets the data order of an uninterrupted run.
-    """
-
-    def __init__(
-        self,
-        directory,
-        settings,
-        build_model,
-        train_ds,
-        test_ds,
-        epochs,
-        optimizer,
-        seed,
-        callbacks,
-        verbose,
-    ):
-        if not callable(build_model):
-            raise TypeError(
-                "build_model must be a function returning a new "
-                f"keras.Model; got {type(build_model).__name__}."
-            )
-        _check_count("epochs", epochs, minimum=1)
-        try:
-            self.steps_per_epoch = len(train_ds)
-        except TypeError:
-            raise ValueError(
-                "train_ds must be a batched tf.data.Dataset of known length "
-                "(len(train_ds) failed): the backups count its batches."
-            ) from None
-        if optimizer is not None and not isinstance(
-            optimizer, keras.optimizers.Optimizer
-        ):
-            raise TypeError(
-                "optimizer must be a keras.optimizers.Optimizer (copied for "
-                f"every stage) or None; got {type(optimizer).__name__}."
-            )
-        self.directory = os.fspath(directory)
-        self.names = list(settings["stages"])
-        self.build_model = build_model
-        self.train_ds, self.test_ds = train_ds, test_ds
-        self.epochs = int(epochs)
-        self.optimizer = optimizer
-        self.seed = int(seed)
-        self.callbacks = list(callbacks)
-        self.verbose = verbose
-        self.settings = _json(
-            {
-                **settings,
-                "epochs": self.epochs,
-                "seed": self.seed,
-                "steps_per_epoch": self.steps_per_epoch,
-                "optimizer": None
-                if optimizer is None
-                else keras.optimizers.serialize(optimizer),
-            }
-        )
-        self.locked = False
-
-    # === The directory ===
-
-    def __enter__(self):
-        os.makedirs(self.directory, exist_ok=True)
-        owner = _run_folder.acquire_lock(self.directory)
-        mine = {"pid": os.getpid(), "host": socket.gethostname()}
-        if owner is not None and owner != mine:
-            raise RuntimeError(
-                f"Another run (PID {owner.get('pid')} on "
-                f"{owner.get('host')}) is using {self.directory}; wait for "
-                "it to end or pass another directory (if no run is using "
-                "it, delete "
-                f"{os.path.join(self.directory, _run_folder.LOCK)})."
-            )
-        self.locked = owner is None
-        try:
-            _atomic.remove_leftovers(self.directory)
-            self._check_record()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc_info):
-        if self.locked:
-            _run_folder.release_lock(self.directory)
-            self.locked = False
-
-    def _check_record(self):
-        path = os.path.join(self.directory, RECORD)
-        try:
-            with open(path) as file:
-                recorded = json.load(file)
-        except FileNotFoundError:
-            recorded = None
-        except (OSError, ValueError) as error:
-            raise ValueError(f"Cannot read {path} ({error}).") from None
-        if recorded is None:
-            found = [
-                name
-                for name in self.names
-                if any(
-                    os.path.exists(self._path(name, extension))
-                    for extension in (".keras", ".json")
-                )
-            ]
-            if found:
-                raise ValueError(
-                    f"{self.directory} holds {found[0]}.keras or .json but "
-                    f"no {RECORD}: it is not this pipeline's folder. Pass "
-                    "another directory."
-                )
-            _atomic.write_json(path, self.settings, indent=2)
-            return
-        if not isinstance(recorded, dict):
-            recorded = {}
-        differ = [
-            key
-            for key in sorted(set(recorded) | set(self.settings))
-            if recorded.get(key) != self.settings.get(key)
-        ]
-        if differ:
-            details = "; ".join(
-                f"{key}: {_short(self.settings.get(key))} here, "
-                f"{_short(recorded.get(key))} there"
-                for key in differ
-            )
-            raise ValueError(
-                f"{self.directory} holds a pipeline with other settings "
-                f"({details}). Pass the settings it recorded in {RECORD} "
-                "to resume it, or another directory for a new run."
-            )
-
-    def _path(self, name, extension):
-        return os.path.join(self.directory, name + extension)
-
-    # === Stages ===
-
-    def load(self, name):
-        """A new copy of the finished stage `name`, read from its file."""
-        return keras.saving.load_model(self._path(name, ".keras"))
-
-    def train(self, name, teacher=None, alpha=None, temperature=None):
-        """Trains stage `name` (or loads it if finished).
-
-        Args:
-            name: the stage.
-            teacher: `None` to train on the labels, or a function returning
-                the teacher for KD (called only if the stage trains).
-            alpha, temperature: KD's.
-
-        Returns:
-            `(model, scores)`: the stage's network and its
-            `{"accuracy", "history", "train_seconds"}`.
-        """
-        model_path = self._path(name, ".keras")
-        scores_path = self._path(name, ".json")
-        index = self.names.index(name)
-        label = f"stage {index + 1} of {len(self.names)}, {name}"
-        if os.path.exists(scores_path) and os.path.exists(model_path):
-            with open(scores_path) as file:
-                scores = json.load(file)
-            for _ in range(self.epochs):
-                iter(self.train_ds)  # the data order of a trained stage
-            self._print(f"{label}: finished before, loaded {model_path}")
-            return self.load(name), scores
-        keras.utils.set_random_seed(self.seed + index)
-        network = self.build_model()
-        if not isinstance(network, keras.Model):
-            raise TypeError(
-                "build_model must return a keras.Model; got "
-                f"{type(network).__name__}."
-            )
-        network.name = name
-        stage = _run_folder.Stage(self.directory, name)
-        done = stage.restore()
-        resumed = f", resumed after epoch {done}" if done else ""
-        self._print(f"Training {label}{resumed}...")
-        train_ds = stage.dataset(self.train_ds)
-        if teacher is None:
-            model = network
-            model.compile(
-                optimizer=self._optimizer(),
-                loss=keras.losses.SparseCategoricalCrossentropy(
-                    from_logits=True
-                ),
-                metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
-            )
-            # The Distiller's `fit` puts the same guard first itself.
-            guard = [_NonFiniteLossGuard()]
-        else:
-            method = KD(teacher(), alpha=alpha, temperature=temperature)
-            model = Distiller(network, method, name=f"{name}_distiller")
-            model.compile(optimizer=self._optimizer())
-            guard = []
-        model.fit(
-            train_ds,
-            epochs=self.epochs,
-            validation_data=self.test_ds,
-            shuffle=False,  # the datasets shuffle themselves
-            verbose=self.verbose,
-            callbacks=[*guard, *stage.callbacks(), *self.callbacks],
-        )
-        # The model first; the scores, written last, mark it finished.
-        _atomic.save_model(network, model_path)
-        history = stage.history()
-        scores = {
-            # The evaluation on test_ds after the last epoch, of the final
-            # weights (every epoch's is in the history, resumed ones too).
-            "accuracy": history["val_accuracy"][-1],
-            "history": history,
-            "train_seconds": stage.train_seconds(),
-        }
-        _atomic.write_json(scores_path, scores, indent=2, default=float)
-        stage.finish()
-        with contextlib.suppress(OSError):  # other stages' backups
-            os.rmdir(os.path.join(self.directory, _run_folder.BACKUP))
-        self._print(f"{name}: test accuracy {scores['accuracy']:.4f}")
-        return network, scores
-
-    def _optimizer(self):
-        if self.optimizer is None:
-            return experiment.make_sgd(0.1, self.epochs * self.steps_per_epoch)
-        return keras.optimizers.deserialize(
-            keras.optimizers.serialize(self.optimizer)
-        )
-
-    def _print(self, line):
-        if self.verbose != 0:
-            print(line)
-
-
-def _check_count(name, value, minimum):
-    valid = isinstance(value, int) and not isinstance(value, bool)
-    if not valid or value < minimum:
-        raise ValueError(
-            f"{name} must be an integer >= {minimum}; got {value!r}."
-        )
-
-
-def _check_kd(alpha, temperature):
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1]; got {alpha}.")
-    if not float(temperature) > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}.")
-
-
 def _check_average(average):
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}; got {average!r}.")
-
-
-def _json(value):
-    """`value` as JSON reads it back (tuples as lists, objects as text)."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def _short(value):
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
