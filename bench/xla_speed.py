@@ -36,6 +36,13 @@ def build_parser():
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--policy", default="float32")
+    parser.add_argument(
+        "--dataset-examples",
+        type=int,
+        default=50000,
+        help="examples in the dataset of a method that keeps state per "
+        "example (MCL-OKD's memory banks); default: CIFAR's 50,000",
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--window-steps", type=int, default=4)
     parser.add_argument("--warmup-steps", type=int, default=2)
@@ -46,6 +53,7 @@ def build_parser():
 def build_step(method_name, jit_compile, args, images, labels):
     """Returns `(step, first_call_seconds)`; `step()` runs one train step."""
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from keras_one import Distiller
@@ -66,12 +74,25 @@ def build_step(method_name, jit_compile, args, images, labels):
         )
         for i in range(count)
     ]
-    if info.teachers == "one":
-        method = method_class(teacher=teachers[0])
-    elif info.teachers in ("per_branch", "several"):
-        method = method_class(teachers=teachers)
-    else:
-        method = method_class()
+    # What the method reads from its data, as its description says:
+    # PCL's peers take one view of each image each, MCL-OKD's banks the
+    # examples' indices (and their labels by index).
+    extra = {}
+    inputs = images
+    if info.example_index:
+        # A bank of `--dataset-examples` examples (CIFAR's 50,000 by
+        # default: MCL-OKD draws its negatives from the whole bank), whose
+        # first ones are the batch's.
+        rest = np.random.default_rng(1).integers(
+            0, args.num_classes, max(args.dataset_examples - len(labels), 0)
+        )
+        extra["example_labels"] = np.concatenate([labels, rest])
+        index = np.arange(len(images), dtype="int32")
+        inputs = {"image": images, "example_index": index}
+    views = methods.data_views(method_class)
+    if views > 1:
+        inputs = (images,) * views
+    method = methods.create(method_class, teachers=teachers or None, **extra)
     student = method.build_student(
         args.model,
         num_classes=args.num_classes,
@@ -87,7 +108,7 @@ def build_step(method_name, jit_compile, args, images, labels):
             f"Keras turned jit_compile={jit_compile} into "
             f"{distiller.jit_compile} (op determinism enabled?)."
         )
-    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    dataset = tf.data.Dataset.from_tensors((inputs, labels)).repeat()
     start = time.perf_counter()
     distiller.fit(
         dataset, steps_per_epoch=1, epochs=1, shuffle=False, verbose=0

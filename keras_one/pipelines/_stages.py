@@ -400,16 +400,26 @@ def built(build):
     return build()
 
 
-def teacher_settings(teacher, names):
-    """The stages (`"teacher"` first if it trains) and the teacher's record.
+def teacher_settings(pipeline, teacher, names, plan, alpha, temperature):
+    """The settings of a pipeline that distils a teacher through features.
 
-    A given trained teacher is recorded by name and size; a teacher to
-    train, as stage 1.
+    The stages are `names`, after `"teacher"` if the teacher trains (stage
+    1); a given trained teacher is recorded by name and size. `plan` holds
+    the checked layer choices, `alpha` and `temperature` the KD stage's.
     """
     if isinstance(teacher, keras.Model):
+        stages = list(names)
         record = {"name": teacher.name, "parameters": teacher.count_params()}
-        return list(names), record
-    return ["teacher", *names], "stage 1"
+    else:
+        stages, record = ["teacher", *names], "stage 1"
+    return {
+        "pipeline": pipeline,
+        "stages": stages,
+        "teacher": record,
+        **plan,
+        "alpha": alpha,
+        "temperature": temperature,
+    }
 
 
 def check_count(name, value, minimum):

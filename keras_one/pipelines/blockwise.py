@@ -115,15 +115,14 @@ def blockwise_distillation(
         teacher_layers,
         student_layers,
     )
-    names, teacher_record = teacher_settings(teacher, ["blocks", "student"])
-    settings = {
-        "pipeline": "blockwise_distillation",
-        "stages": names,
-        "teacher": teacher_record,
-        **plan,
-        "alpha": alpha,
-        "temperature": temperature,
-    }
+    settings = teacher_settings(
+        "blockwise_distillation",
+        teacher,
+        ["blocks", "student"],
+        plan,
+        alpha,
+        temperature,
+    )
     training = Training(
         build_model,
         train_ds,

@@ -156,17 +156,14 @@ def sparse_representation_matching(
         codeword_multiplier,
         sparsity_ratio,
     )
-    names, teacher_record = teacher_settings(
-        teacher, ["sparse_coding", "srm_init", "student"]
+    settings = teacher_settings(
+        "sparse_representation_matching",
+        teacher,
+        ["sparse_coding", "srm_init", "student"],
+        plan,
+        alpha,
+        temperature,
     )
-    settings = {
-        "pipeline": "sparse_representation_matching",
-        "stages": names,
-        "teacher": teacher_record,
-        **plan,
-        "alpha": alpha,
-        "temperature": temperature,
-    }
     training = Training(
         build_model,
         train_ds,

@@ -689,3 +689,21 @@ def test_accuracy_benchmark_protocols(tmp_path):
         (BENCH / "results/accuracy_resnet20_2500x80_resampled.json").read_text()
     )["protocol"]
     assert sorted(accuracy.protocol_of(args)) == sorted(stored)
+
+
+@pytest.mark.slow
+def test_xla_speed_runs_methods_with_views_and_example_indices(tmp_path):
+    """PCL's views and MCL-OKD's indexed examples, built from their
+    descriptions (only the plumbing is checked, not the speeds)."""
+    speed = load_script("xla_speed")
+    output = tmp_path / "xla.json"
+    speed.main(
+        ["--methods", "pcl", "mcl_okd", "--model", "resnet8",
+         "--batch-size", "8", "--image-size", "8", "--rounds", "1",
+         "--window-steps", "1", "--warmup-steps", "1",
+         "--dataset-examples", "500", "--output", str(output)]
+    )  # fmt: skip
+    rows = json.loads(output.read_text())["methods"]
+    assert sorted(rows) == ["mcl_okd", "pcl"]
+    for row in rows.values():
+        assert row["no_xla_img_per_s"] > 0 and row["xla_img_per_s"] > 0
