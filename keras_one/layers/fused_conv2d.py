@@ -1,19 +1,58 @@
-import os
-
 import keras
 from keras import ops
 
 from keras_one.layers.fused_layer import FusedLayer
 from keras_one.layers.fused_layer import check_tensorflow_backend
 
+# Whether this process's TensorFlow trains grouped convolutions with its
+# own kernels: None until `native_grouped_conv()` first probes it.
+_NATIVE_GROUPED_CONV = None
 
-def _native_grouped_conv():
-    """Whether TensorFlow's own grouped convolution kernel is usable.
 
-    With oneDNN (TensorFlow's default on x86 CPUs) or on a GPU,
-    `tf.nn.conv2d` computes grouped convolutions natively.
+def native_grouped_conv():
+    """Whether TensorFlow trains grouped convolutions natively here.
+
+    `tf.nn.conv2d` computes a grouped convolution (input channels a
+    multiple of the kernel's) on GPUs and, on CPUs, with oneDNN, forward
+    and backward. TensorFlow enables oneDNN by default only on x86 CPUs
+    with AVX-512 VNNI or BF16 or AMX (or with `TF_ENABLE_ONEDNN_OPTS=1`);
+    without it, its CPU kernels compute the forward pass but refuse the
+    gradients ("Gradients for grouped convolutions are not supported on
+    CPU", seen on an AVX2-only AMD EPYC). So the answer is probed once per
+    process, by running the gradient kernels of a tiny grouped
+    convolution.
     """
-    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
+    global _NATIVE_GROUPED_CONV
+    if _NATIVE_GROUPED_CONV is None:
+        import tensorflow as tf
+
+        # Eagerly, even while a function is traced (`init_scope`, which
+        # also pauses gradient tapes: hence the gradients' own kernels).
+        with tf.init_scope():
+            ones = tf.ones((1, 2, 2, 2))
+            kernel = tf.ones((1, 1, 1, 2))  # 2 groups of 1 channel
+            try:
+                tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=[1, 2, 2, 2],
+                    filter=kernel,
+                    out_backprop=ones,
+                    strides=[1, 1, 1, 1],
+                    padding="SAME",
+                )
+                tf.raw_ops.Conv2DBackpropFilter(
+                    input=ones,
+                    filter_sizes=[1, 1, 1, 2],
+                    out_backprop=ones,
+                    strides=[1, 1, 1, 1],
+                    padding="SAME",
+                )
+                _NATIVE_GROUPED_CONV = True
+            except (
+                tf.errors.InvalidArgumentError,
+                tf.errors.UnimplementedError,
+            ):
+                _NATIVE_GROUPED_CONV = False
+    return _NATIVE_GROUPED_CONV
 
 
 @keras.saving.register_keras_serializable(package="keras_one")
@@ -29,7 +68,10 @@ class FusedConv2D(FusedLayer):
     `N` equal groups of channels) and each branch's filters read only its
     own: a grouped convolution (`groups=N`), computed by TensorFlow's
     native grouped kernel (Keras' TensorFlow backend computes grouped
-    convolutions through XLA on CPUs, about 20x slower). Either way output
+    convolutions through XLA on CPUs, about 20x slower), or, where
+    TensorFlow cannot train that kernel (CPUs without oneDNN: see
+    `native_grouped_conv`), as `N` convolutions of the branches' channel
+    groups, concatenated. Either way output
     channels `[i * filters, (i + 1) * filters)` belong to branch `i`, and
     the kernel holds the branches' kernels side by side on its last axis,
     each initialized as a separate weight.
@@ -104,12 +146,23 @@ class FusedConv2D(FusedLayer):
         )
 
     def call(self, inputs):
-        if not self.shared_input and _native_grouped_conv():
-            # TensorFlow-only fast path (the layer needs that backend).
-            import tensorflow as tf
+        if self.shared_input:
+            return ops.conv(inputs, self.kernel, self.strides, padding="same")
+        # TensorFlow only (the layer needs that backend).
+        import tensorflow as tf
 
-            return tf.nn.conv2d(inputs, self.kernel, self.strides, "SAME")
-        return ops.conv(inputs, self.kernel, self.strides, padding="same")
+        kernel = self.kernel
+        if native_grouped_conv():
+            return tf.nn.conv2d(inputs, kernel, self.strides, "SAME")
+        groups = zip(
+            tf.split(inputs, self.num_branches, axis=-1),
+            tf.split(kernel, self.num_branches, axis=-1),
+            strict=True,
+        )
+        return tf.concat(
+            [tf.nn.conv2d(x, k, self.strides, "SAME") for x, k in groups],
+            axis=-1,
+        )
 
     def compute_output_shape(self, input_shape):
         size = [

@@ -110,3 +110,49 @@ def test_errors():
         FusedConv2D(0, 4, 3)
     with pytest.raises(ValueError, match="multiple of 3"):
         FusedConv2D(3, 4, 3)(keras.Input((4, 4, 5)))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_grouped_kernel_and_split_convolutions_agree(monkeypatch, native):
+    """Both ways of computing the grouped convolution, values and gradients.
+
+    `native=False` is the path of CPUs where TensorFlow cannot train its
+    grouped kernel (no oneDNN); `native=True` runs only where it can.
+    """
+    import tensorflow as tf
+
+    from keras_one.layers import fused_conv2d
+
+    if native and not fused_conv2d.native_grouped_conv():
+        pytest.skip("TensorFlow cannot train grouped convolutions here")
+    monkeypatch.setattr(fused_conv2d, "_NATIVE_GROUPED_CONV", native)
+    layer = FusedConv2D(3, 4, 3, strides=2)
+    x = tf.constant(
+        np.random.default_rng(3).normal(size=(2, 5, 5, 6)), "float32"
+    )
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * y)
+    grad_x, grad_kernel = tape.gradient(loss, [x, layer.kernel.value])
+    reference = tf.Variable(ops.convert_to_numpy(layer.kernel))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = []
+        for i in range(3):
+            outputs.append(
+                tf.nn.conv2d(
+                    x[..., 2 * i : 2 * i + 2],
+                    reference[..., 4 * i : 4 * i + 4],
+                    2,
+                    "SAME",
+                )
+            )
+        expected = tf.concat(outputs, axis=-1)
+        expected_loss = tf.reduce_sum(expected * expected)
+    expected_x, expected_kernel = tape.gradient(expected_loss, [x, reference])
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_x, expected_x, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        grad_kernel, expected_kernel, rtol=1e-4, atol=1e-4
+    )
