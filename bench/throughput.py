@@ -30,6 +30,8 @@ Variants (`--variants`, default: all that apply):
 - `*_xla`: `baseline`, `one`, `one_fused` with `jit_compile=True`.
 - `*_bf16`: `one`, `one_fused` under the `mixed_bfloat16` policy.
 - `torch`: ONE in PyTorch (channels-last), if torch is installed.
+- `torch_bf16`: the same under `torch.autocast("cpu", torch.bfloat16)`,
+  PyTorch's mixed precision (the reference of `one_bf16`).
 - `one_jax`, `one_torch`: `one` on Keras' JAX and PyTorch backends
   (`cifar_resnet(fused=False)`, `FusedBatchNormalization` computing as
   Keras' own there), each in a process of its own that sets
@@ -40,6 +42,7 @@ Variants (`--variants`, default: all that apply):
   `--cpu-time` counts that process's CPU time. `--threads` sets
   PyTorch's threads; JAX has no setting for its threads, so its
   process is bound to `--threads` CPUs instead (`os.sched_setaffinity`).
+- `one_jax_bf16`: `one_jax` under the `mixed_bfloat16` policy.
 
 Example (the figures of the README):
 
@@ -77,14 +80,16 @@ ALL_VARIANTS = (
     "one_bf16",
     "one_fused_bf16",
     "torch",
+    "torch_bf16",
     "one_jax",
     "one_torch",
+    "one_jax_bf16",
 )
 # The variants that run `one` on another Keras backend, in a process of
 # their own (the benchmark's own process runs TensorFlow).
-OTHER_BACKENDS = {"one_jax": "jax", "one_torch": "torch"}
+OTHER_BACKENDS = {"one_jax": "jax", "one_torch": "torch", "one_jax_bf16": "jax"}
 # Optional packages, and the variants that need them.
-REQUIREMENTS = {"torch": "torch", **OTHER_BACKENDS}
+REQUIREMENTS = {"torch": "torch", "torch_bf16": "torch", **OTHER_BACKENDS}
 RATIOS = (
     ("one", "dml", "ONE-3 : three networks (N copies)"),
     ("one_fused", "dml_fused", "ONE-3 : three networks (fused)"),
@@ -103,6 +108,10 @@ RATIOS = (
     ("one_jax", "one", "JAX backend : TensorFlow (ONE)"),
     ("one_torch", "one", "PyTorch backend : TensorFlow (ONE)"),
     ("torch", "one_torch", "PyTorch : keras-one ONE on PyTorch"),
+    ("torch_bf16", "torch", "bfloat16 : float32 (PyTorch autocast)"),
+    ("torch_bf16", "one_bf16", "PyTorch autocast : keras-one ONE, bfloat16"),
+    ("one_jax_bf16", "one_jax", "bfloat16 : float32 (ONE on JAX)"),
+    ("one_jax_bf16", "one_bf16", "JAX backend : TensorFlow (ONE, bfloat16)"),
 )
 
 
@@ -236,7 +245,7 @@ def _with_keras_batch_norm(model):
 
 def build_variant(name, args, images, labels):
     """Returns a zero-argument callable running one training step."""
-    if name == "torch":
+    if name in ("torch", "torch_bf16"):
         from torch_one import TorchONEStep
 
         return TorchONEStep(
@@ -246,6 +255,7 @@ def build_variant(name, args, images, labels):
             num_classes=args.num_classes,
             num_branches=args.branches,
             threads=args.threads,
+            bfloat16=name == "torch_bf16",
         )
     import keras
     import tensorflow as tf
@@ -309,6 +319,8 @@ def build_variant(name, args, images, labels):
 def build_backend_variant(args, images, labels):
     """`one` on this process's Keras backend (JAX or PyTorch): a step.
 
+    `one_jax_bf16` builds it under the `mixed_bfloat16` policy.
+
     The same student, method and optimizer as `one`, trained by the
     Distiller's `train_on_batch`, which returns when the step is done.
     """
@@ -317,6 +329,8 @@ def build_backend_variant(args, images, labels):
     from keras_one import Distiller
     from keras_one import methods
 
+    if args.worker.endswith("_bf16"):
+        keras.config.set_dtype_policy("mixed_bfloat16")
     model = Distiller(_network(args, num_branches=args.branches), methods.ONE())
     model.compile(optimizer=_sgd())
     # As after `one`'s `fit(steps_per_epoch=1)`: one step per epoch.
@@ -407,6 +421,7 @@ def serve(args):
     import keras
 
     info["backend"] = keras.backend.backend()
+    info["dtype_policy"] = keras.config.dtype_policy().name
     channel.write(json.dumps(info) + "\n")
     for line in sys.stdin:
         channel.write(f"{window(int(line))!r}\n")

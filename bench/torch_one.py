@@ -8,7 +8,11 @@ weighting the branch logits into the ensemble teacher. The training step
 is ONE's loss (sum of the branches' and the ensemble's cross-entropies,
 plus the temperature-scaled KL from the detached teacher to every branch)
 with SGD (momentum 0.9, Nesterov, weight decay 1e-4), in channels-last
-memory format, the fastest on CPUs with oneDNN.
+memory format, the fastest on CPUs with oneDNN. With `bfloat16=True` the
+forward pass and the loss run under `torch.autocast("cpu", torch.bfloat16)`
+(PyTorch's mixed precision: float32 weights and optimizer, bfloat16
+convolutions and matrix products), the counterpart of Keras'
+`mixed_bfloat16` policy.
 
 PyTorch is an optional dependency of the benchmarks only
 (`pip install torch`); keras-one never imports this file.
@@ -110,7 +114,9 @@ class TorchONEStep:
         num_classes=10,
         num_branches=3,
         threads=None,
+        bfloat16=False,
     ):
+        self.bfloat16 = bfloat16
         if threads:
             torch.set_num_threads(threads)
         self.model = ONENet(depth, num_classes, num_branches)
@@ -132,8 +138,9 @@ class TorchONEStep:
 
     def __call__(self):
         self.optimizer.zero_grad(set_to_none=True)
-        logits, ensemble = self.model(self.images)
-        loss = one_loss(logits, ensemble, self.labels)
+        with torch.autocast("cpu", torch.bfloat16, enabled=self.bfloat16):
+            logits, ensemble = self.model(self.images)
+            loss = one_loss(logits, ensemble, self.labels)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())

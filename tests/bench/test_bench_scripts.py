@@ -288,7 +288,8 @@ def test_throughput_benchmark_tiny(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
     throughput = load_script("throughput")
     output = tmp_path / "throughput.json"
-    variants = ["baseline", "one", "dml", "handwritten", "torch"]
+    variants = ["baseline", "one", "dml", "handwritten", "one_bf16", "torch",
+                "torch_bf16"]  # fmt: skip
     results = throughput.main(
         ["--model", "resnet8", "--batch-size", "4", "--image-size", "8",
          "--branches", "2", "--rounds", "2", "--window-steps", "1",
@@ -300,10 +301,11 @@ def test_throughput_benchmark_tiny(tmp_path, capsys, monkeypatch):
     try:
         import torch  # noqa: F401
 
-        assert "torch" in speeds
+        assert "torch" in speeds and "torch_bf16" in speeds
     except ImportError:
         assert "skipping torch" in capsys.readouterr().out
         variants.remove("torch")
+        variants.remove("torch_bf16")
     assert sorted(speeds) == sorted(variants)
     for stats in speeds.values():
         assert len(stats["per_round"]) == 2
@@ -359,7 +361,11 @@ def test_throughput_benchmark_other_backends(tmp_path):
     machine = results["machine"]
     assert machine["one_jax"]["backend"] == "jax"
     assert len(machine["one_jax"]["cpus"]) == 1
-    assert machine["one_torch"] == {"backend": "torch", "torch_threads": 1}
+    assert machine["one_torch"] == {
+        "backend": "torch",
+        "dtype_policy": "float32",
+        "torch_threads": 1,
+    }
     # --threads 1 is TensorFlow's thread counts, as recorded.
     assert machine["intra_op_threads"] == machine["inter_op_threads"] == 1
     assert machine["cpu"]

@@ -28,7 +28,7 @@ from keras_one import methods
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "train_resumable.py")
-TIMEOUT = 600
+TIMEOUT = 1200  # a hang guard (the test took 316 s on a slow 2-core CPU)
 METHODS = methods.names()
 
 
