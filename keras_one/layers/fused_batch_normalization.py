@@ -18,7 +18,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     training, the same moving statistics (the fused kernel's Bessel-
     corrected variance is converted back to the biased one Keras averages),
     the moving statistics in inference. Statistics are computed in float32
-    also under mixed precision, as Keras does.
+    also under mixed precision, as Keras does: the kernel reads float16 or
+    bfloat16 feature maps as they are and computes in float32 inside (its
+    scale, offset and statistics are float32), with no cast of the maps
+    before or after it, forward or backward.
 
     Where the fused kernel does not apply (another backend, float64, inputs
     that are not 4D with channels last, a mask, `renorm`, `synchronized`, or no
@@ -44,6 +47,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return (
             keras.backend.backend() == "tensorflow"
             and dtype in ("float32", "bfloat16", "float16")
+            and self.compute_dtype in ("float32", "bfloat16", "float16")
             and self.moving_mean.dtype == "float32"
             and len(inputs.shape) == 4
             and axis == 3
@@ -60,7 +64,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         # TensorFlow-only fast path, chosen by `_fusable` above.
         import tensorflow as tf
 
-        inputs = tf.cast(inputs, "float32")
+        # The kernel takes float16/bfloat16 maps with float32 parameters
+        # and returns maps of the input's dtype: the compute dtype.
+        inputs = tf.cast(inputs, self.compute_dtype)
         gamma = tf.cast(self.gamma, "float32")
         beta = tf.cast(self.beta, "float32")
         if training and self.trainable:
@@ -89,7 +95,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 epsilon=self.epsilon,
                 is_training=False,
             )
-        return tf.cast(outputs, self.compute_dtype)
+        return outputs
 
     def expand(self, inputs, training=None, mask=None):
         """The same layer as a built-in `keras.layers.BatchNormalization`.
