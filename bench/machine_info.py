@@ -31,6 +31,43 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+# The instruction sets that decide the speed of float32 and bfloat16 steps
+# on x86 CPUs (TensorFlow runs oneDNN by default only with AVX-512 VNNI or
+# BF16 or AMX; without them its CPU kernels are Eigen's, and bfloat16 is
+# emulated by both TensorFlow and PyTorch).
+CPU_FEATURES = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_bf16",
+    "amx_tile",
+)
+
+
+def cpu_features():
+    """Which of `CPU_FEATURES` the CPU has (its `flags` in /proc/cpuinfo),
+    plus its family and model numbers; empty where that file is absent."""
+    found, numbers = set(), {}
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "flags":
+                    found.update(value.split())
+                elif key in ("cpu family", "model") and key not in numbers:
+                    numbers[key] = value.strip()
+    except OSError:
+        return {}
+    return {
+        "flags": [flag for flag in CPU_FEATURES if flag in found],
+        "family": numbers.get("cpu family"),
+        "model": numbers.get("model"),
+    }
+
+
 def usable_cpus():
     """How many CPUs this process may run on (its affinity mask, which
     `taskset` or a container can narrow), else `os.cpu_count()`."""
@@ -45,6 +82,7 @@ def host():
     return {
         "platform": platform.platform(),
         "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "usable_cpus": usable_cpus(),
     }
@@ -94,5 +132,7 @@ def describe():
         "inter_op_threads": tensorflow_threads("inter"),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "tensorflow": tf.__version__,
+        # oneDNN as asked (None: TensorFlow's default, by CPU features).
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "keras": keras.__version__,
     }

@@ -322,6 +322,13 @@ def test_throughput_benchmark_tiny(tmp_path, capsys, monkeypatch):
     # The CPU model and the thread counts TensorFlow runs with.
     machine = saved["machine"]
     assert machine["cpu"] == load_script("machine_info").cpu_name()
+    # Its instruction sets, as /proc/cpuinfo lists them (x86 Linux).
+    with open("/proc/cpuinfo") as file:
+        flags = [line.split() for line in file if line.startswith("flags")]
+    if flags:
+        assert ("avx2" in machine["cpu_features"]["flags"]) == (
+            "avx2" in flags[0]
+        )
     assert machine["cpu"] and machine["cpu_count"] >= 1
     assert 1 <= machine["usable_cpus"] <= machine["cpu_count"]
     assert machine["intra_op_threads"] == 3
