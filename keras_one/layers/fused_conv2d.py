@@ -151,12 +151,11 @@ class FusedConv2D(FusedLayer):
         # TensorFlow only (the layer needs that backend).
         import tensorflow as tf
 
-        kernel = self.kernel
         if native_grouped_conv():
-            return tf.nn.conv2d(inputs, kernel, self.strides, "SAME")
+            return tf.nn.conv2d(inputs, self.kernel, self.strides, "SAME")
         groups = zip(
             tf.split(inputs, self.num_branches, axis=-1),
-            tf.split(kernel, self.num_branches, axis=-1),
+            tf.split(self.kernel, self.num_branches, axis=-1),
             strict=True,
         )
         return tf.concat(
