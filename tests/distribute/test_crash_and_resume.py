@@ -1,7 +1,8 @@
 """A run that crashed mid-epoch resumes from its backup exactly.
 
 `train_resumable.py` trains every registered method (those with a ramp-up
-get a short one, so the epoch counter matters) for 3 epochs of 6 steps
+get a short one, so the epoch counter matters; in float64, where
+round-off cannot decide, see its docstring) for 3 epochs of 6 steps
 with `keras.callbacks.BackupAndRestore(save_freq=3)`, one method after the
 other. The first run keeps, for each method, the backup folder as it is
 after batch 4 of epoch 1 (two batches after its last backup, taken after
