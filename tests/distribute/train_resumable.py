@@ -5,18 +5,6 @@ Launched by `test_crash_and_resume.py`, which runs the same command twice.
 fixed order, op determinism on: an uninterrupted run and a crashed and
 resumed one must end with the same weights.
 
-The runs are float64, as the comparisons of `test_every_method.py` (see
-its docstring). In float32 the resumed PCL run once ended 1.8e-4 from the
-uninterrupted one (in CI, beside the rest of the suite), and PCL's float32
-training repeated in separate processes with op determinism on ended
-bit-identical in 27 of 30 runs on this 2-core CPU; the 3 others, started
-together at the suite's heaviest load, ended up to 1.6e-2 from them and
-from each other. The source (a kernel whose summation order follows the
-threads' scheduling is the likely kind) was not found. A last-bit
-difference in one step grows over the next ones; in float64 it stays far
-below the tolerance, while a resume that skips a wrong batch or loses a
-state is off by far more than the tolerance in any precision.
-
 The first run trains the methods one after the other. At batch
 `--block-at EPOCH:BATCH` (two batches after the last backup) it copies
 each method's backup folder to `<backup-dir>/crashed/<method>`: the files
@@ -108,9 +96,6 @@ def main(argv):
 
     def train(name, backup_dir, at_stop=None):
         keras.backend.clear_session()
-        # After clear_session, which resets the global dtype policy (see
-        # the module docstring: float64, so that round-off cannot decide).
-        keras.config.set_dtype_policy("float64")
         distiller = method_zoo.make_distiller(name)
         method_zoo.compile_distiller(
             distiller, keras.optimizers.SGD(0.05, momentum=0.9)
