@@ -44,7 +44,7 @@ setup(
         # newer torch would come as the multi-GB CUDA build.
         "test": [
             "pytest>=8",
-            "pytest-xdist>=3.5",
+            "pytest-xdist>=3.8",  # --no-loadscope-reorder
             "ruff>=0.6",
             "pdoc>=14",
             "jax",

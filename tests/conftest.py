@@ -35,7 +35,36 @@ def pytest_configure(config):
     )
 
 
+# The test files that take longest (wall time on 2 cores: each waits for
+# subprocesses or trains many networks), run first, longest first. With
+# `-n 2` and `--dist loadfile` a worker takes whole files in this order, so
+# the other worker works through the short files meanwhile and no long
+# file is left to run alone at the end (xdist's own order, by number of
+# tests, put the single-test crash-and-resume file last).
+LONGEST_FIRST = (
+    "tests/distribute/test_every_method.py",
+    "tests/distribute/test_crash_and_resume.py",
+    "tests/backends/test_every_backend.py",
+    "tests/test_examples_methods_b.py",
+    "tests/bench/test_bench_scripts.py",
+    "tests/backends/test_jax_data_parallel.py",
+    "tests/test_cli.py",
+    "tests/test_examples_methods_a.py",
+    "tests/test_examples.py",
+)
+
+
+def _longest_first(item):
+    path = item.nodeid.split("::")[0]
+    if path in LONGEST_FIRST:
+        return LONGEST_FIRST.index(path)
+    return len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
+    # A stable sort: the files of LONGEST_FIRST in that order, then the
+    # others in collection order; each file's tests stay together, in order.
+    items.sort(key=_longest_first)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return
