@@ -62,6 +62,12 @@ def _longest_first(item):
 
 
 def pytest_collection_modifyitems(config, items):
+    missing = [p for p in LONGEST_FIRST if not (config.rootpath / p).exists()]
+    if missing:
+        raise pytest.UsageError(
+            f"tests/conftest.py's LONGEST_FIRST lists {missing}, which do not "
+            "exist: update the list to the renamed or removed test files."
+        )
     # A stable sort: the files of LONGEST_FIRST in that order, then the
     # others in collection order; each file's tests stay together, in order.
     items.sort(key=_longest_first)

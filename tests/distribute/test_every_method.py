@@ -19,9 +19,9 @@ XLA is compared in float32 over one epoch (3 steps), where XLA's other
 rounding has no time to grow: it stays below 40% of the same tolerances
 (measured on an AVX2-only EPYC; MCL-OKD's memory bank is the closest),
 for 72% of the CPU time of float64 over 6 steps (428 s against 593 s,
-both with the tests' XLA flags, see conftest.py). It still checks XLA's
-lowering of every op of every method's step, on 3 updates of every
-variable.
+two separate runs, both with the tests' XLA flags, see conftest.py). It
+still checks XLA's lowering of every op of every method's step, on 3
+updates of every variable.
 """
 
 import json
@@ -42,10 +42,11 @@ METHODS = methods.names()
 # compiled by XLA; 20-40 s of CPU each) took more than 900 s in float64.
 TIMEOUT = 2400
 
-# Three processes on two lanes, balanced by their CPU times: `xla`, and
-# `mirrored` then `mixed`. The `single` runs of `mirrored` and `mixed` are
-# the same training in two processes with op determinism on: the
-# determinism test compares them (a run's own policy overrides
+# Three processes on two lanes, the split with the shortest longer lane
+# (CPU times on an AVX2-only EPYC: xla 428 s, mirrored 403 s, mixed 365 s):
+# `xla`, and `mirrored` then `mixed`. The `single` runs of `mirrored` and
+# `mixed` are the same training in two processes with op determinism on:
+# the determinism test compares them (a run's own policy overrides
 # `--policy`). XLA is checked on batches of one shape (`xla_even` against
 # `single_even`, one compilation per method) and, for ONE, on the uneven
 # last batch as well (`xla` against `single`). Keras turns XLA off under op
