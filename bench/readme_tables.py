@@ -11,7 +11,10 @@ Accuracy files give, per method: the number of seeds, the mean +- sample
 standard deviation over the seeds of the mean branch, the best branch and
 the ensemble on the test set and on the held-out training images, the gain
 of the mean branch over the baseline paired by seed, and the training time;
-for the methods with pre-trained teachers, the teachers' accuracy. They
+for the methods with pre-trained teachers, the teachers' accuracy; for a
+file of `--resample` runs, also each method's paired difference to the
+baseline with its 95% Student's t interval, and where the spread comes from
+(`bench/spread.py`). They
 are summarized from the file's runs by `bench/accuracy.py`'s `summarize`
 as it is now, not read from the summary stored in the file: a run's best
 branch is the branch with the best accuracy on the other set (held-out
@@ -142,6 +145,21 @@ def accuracy_tables(results):
     return "\n".join(lines)
 
 
+def resampled_tables(results, last=5):
+    """A `--resample` file's paired differences to the baseline (95% t
+    intervals) on both sets, and where its spread comes from
+    (`bench/spread.py`, over the last `last` epochs)."""
+    accuracy, spread = _script("accuracy"), _script("spread")
+    lines = []
+    for prefix, split in (("", "test"), ("heldout_", "held-out")):
+        paired = accuracy.paired_differences(results["runs"], prefix=prefix)
+        if paired:
+            lines += [f"Paired with the baseline ({split}):", ""]
+            lines += [accuracy.format_paired(paired), ""]
+    report = spread.analyse(results, last)
+    return "\n".join(lines + [spread.format_report(report, last)])
+
+
 # The libraries whose versions a throughput file records, as named.
 LIBRARIES = (
     ("tensorflow", "TensorFlow"),
@@ -221,6 +239,9 @@ def main(argv=None):
         print(f"### {path}\n")
         if "runs" in results:
             print(accuracy_tables(results))
+            if results.get("protocol", {}).get("resample"):
+                print()
+                print(resampled_tables(results))
         elif "environment" in results:  # bench/accelerator_speed.py's
             _script("accelerator_speed").main(["--summary", path])
         elif "images_per_second" in results:

@@ -720,3 +720,135 @@ def test_xla_speed_runs_methods_with_views_and_example_indices(tmp_path):
     assert sorted(rows) == ["mcl_okd", "pcl"]
     for row in rows.values():
         assert row["no_xla_img_per_s"] > 0 and row["xla_img_per_s"] > 0
+
+
+def _spread_runs():
+    """Two slices, three seeds each, for a baseline and a 2-branch method."""
+    rng = np.random.default_rng(3)
+    runs = []
+    for seed in range(6):
+        slice_index = seed % 2
+        base = 0.60 + 0.02 * slice_index + rng.normal(0, 0.01)
+        curve = list(rng.uniform(0.5, 0.6, 6)) + [base]
+        runs.append(
+            {
+                "method": "baseline",
+                "seed": seed,
+                "train_slice": slice_index,
+                "branch_accuracy": [base],
+                "heldout_branch_accuracy": [base],
+                "history": {"val_accuracy": curve},
+            }
+        )
+        branches = [base + 0.01 + rng.normal(0, 0.01) for _ in range(2)]
+        runs.append(
+            {"method": "one", "seed": seed, "train_slice": slice_index,
+             "branch_accuracy": branches,
+             "history": {"val_branch_0_accuracy": [0.1, 0.5, branches[0]],
+                         "val_branch_1_accuracy": [0.3, 0.7, branches[1]]}}
+        )  # fmt: skip
+    return runs
+
+
+def test_spread_variance_components_balanced():
+    spread = load_script("spread")
+    rng = np.random.default_rng(0)
+    values = rng.normal(0, 1, (4, 3)) + rng.normal(0, 2, (4, 1))
+    groups = np.repeat(np.arange(4), 3)
+    parts = spread.variance_components(values.ravel(), groups)
+    # Balanced one-way ANOVA, computed directly: within = mean of the
+    # groups' sample variances; between = variance of the group means
+    # minus within / (group size).
+    within = values.var(axis=1, ddof=1).mean()
+    between = values.mean(axis=1).var(ddof=1) - within / 3
+    assert parts["within"] == pytest.approx(within)
+    assert parts["between"] == pytest.approx(max(between, 0.0))
+    assert parts["total"] == pytest.approx(values.ravel().var(ddof=1))
+    assert (parts["groups"], parts["n"]) == (4, 12)
+    # Unequal groups: n0 = (N - sum n_i^2 / N) / (k - 1).
+    parts = spread.variance_components(
+        [1.0, 3.0, 5.0, 6.0, 7.0], [0, 0, 1, 1, 1]
+    )
+    within = (2 + 2) / 3  # (1-2)^2 + (3-2)^2, then (5-6)^2 + 0 + (7-6)^2
+    msb = 2 * (2 - 4.4) ** 2 + 3 * (6 - 4.4) ** 2
+    n0 = 5 - (4 + 9) / 5
+    assert parts["within"] == pytest.approx(within)
+    assert parts["between"] == pytest.approx((msb - within) / n0)
+    # One group: no between-slice part; one value per group: no within.
+    assert spread.variance_components([1.0, 2.0], [0, 0])["between"] is None
+    assert spread.variance_components([1.0, 2.0], [0, 1])["within"] is None
+
+
+def test_spread_report(tmp_path, capsys):
+    spread = load_script("spread")
+    runs = _spread_runs()
+    report = spread.analyse({"runs": runs}, last=3)
+    one = report["test"]["one"]
+    # Last 3 epochs of the mean-branch curve.
+    curves = [
+        np.mean([r["history"][f"val_branch_{i}_accuracy"] for i in (0, 1)], 0)
+        for r in runs
+        if r["method"] == "one"
+    ]
+    expected = np.sqrt(np.mean([100**2 * np.var(c, ddof=1) for c in curves]))
+    assert one["last_epochs"]["rms_std"] == pytest.approx(expected)
+    branches = [r["branch_accuracy"] for r in runs if r["method"] == "one"]
+    assert one["branch_std"] == pytest.approx(
+        np.sqrt(np.mean([np.var(100 * np.array(b), ddof=1) for b in branches]))
+    )
+    base = 100 * np.array(
+        [r["branch_accuracy"][0] for r in runs if r["method"] == "baseline"]
+    )
+    own = 100 * np.array([np.mean(b) for b in branches])
+    assert one["paired_std"] == pytest.approx(np.std(own - base, ddof=1))
+    assert one["unpaired_std"] == pytest.approx(
+        np.sqrt(np.var(base, ddof=1) + np.var(own, ddof=1))
+    )
+    # The baseline's curve is 7 epochs long: its last 3 only.
+    base_curves = [r["history"]["val_accuracy"] for r in runs[::2]]
+    assert report["test"]["baseline"]["last_epochs"][
+        "rms_std"
+    ] == pytest.approx(
+        np.sqrt(np.mean([100**2 * np.var(c[-3:], ddof=1) for c in base_curves]))
+    )
+    # Only the baseline has held-out scores; one branch has no spread.
+    assert list(report["heldout"]) == ["baseline"]
+    assert report["heldout"]["baseline"]["branch_std"] is None
+    # The command: a table, a JSON file, and refusals.
+    path = tmp_path / "accuracy.json"
+    path.write_text(json.dumps({"runs": runs}))
+    spread.main(
+        [str(path), "--last", "3", "--output", str(tmp_path / "s.json")]
+    )
+    assert "| test | one | 6 |" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["spread"]["test"]["one"]["paired_std"] == pytest.approx(
+        one["paired_std"]
+    )
+    with pytest.raises(SystemExit):
+        spread.main([str(path), "--output", str(tmp_path / "s.json")])
+    assert "exists; give another --output" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        spread.main([str(path), "--last", "1"])
+    assert "--last must be 2 or more" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        spread.main([str(tmp_path / "other.json")])
+    assert "not a bench/accuracy.py results file" in capsys.readouterr().err
+    # bench/readme_tables.py prints it, with the paired t intervals, for a
+    # file of resampled runs only.
+    accuracy = load_script("accuracy")
+    for run in runs:
+        run["train_seconds"] = 1.0
+    results = {"protocol": {"resample": True}, "runs": runs}
+    path.write_text(json.dumps(results))
+    load_script("readme_tables").main([str(path)])
+    out = capsys.readouterr().out
+    assert "| test | one | 6 |" in out and "95% t interval" in out
+    low, high = accuracy.t_interval(np.asarray(own) - base)
+    assert f"[{low:+.2f}, {high:+.2f}]" in out
+    results["protocol"] = {"resample": False}
+    path.write_text(json.dumps(results))
+    load_script("readme_tables").main([str(path)])
+    out = capsys.readouterr().out
+    assert "95% t interval" not in out and "| test | one | 6 |" not in out
