@@ -236,9 +236,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.last < 2:
         parser.error(f"--last must be 2 or more, got {args.last}")
-    with open(args.results) as file:
-        results = json.load(file)
-    if "runs" not in results:
+    try:
+        with open(args.results) as file:
+            results = json.load(file)
+    except (OSError, ValueError) as error:
+        parser.error(f"cannot read {args.results}: {error}")
+    if not isinstance(results, dict) or "runs" not in results:
         parser.error(f"{args.results}: not a bench/accuracy.py results file")
     report = analyse(results, args.last)
     print(format_report(report, args.last))

@@ -835,6 +835,11 @@ def test_spread_report(tmp_path, capsys):
     with pytest.raises(SystemExit):
         spread.main([str(tmp_path / "other.json")])
     assert "not a bench/accuracy.py results file" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text('{"runs": [')
+    for bad in ("broken.json", "missing.json"):
+        with pytest.raises(SystemExit):
+            spread.main([str(tmp_path / bad)])
+        assert f"cannot read {tmp_path / bad}" in capsys.readouterr().err
     # bench/readme_tables.py prints it, with the paired t intervals, for a
     # file of resampled runs only.
     accuracy = load_script("accuracy")
