@@ -18,7 +18,9 @@ act on, without training anything:
 - **between branches**: the spread of a multi-branch run's branches around
   their own mean, which the mean-branch score averages away;
 - **pairing**: the spread of the paired difference (method minus baseline,
-  same seed and slice) against the spread two unpaired runs would have.
+  same seed and slice) against the spread two unpaired runs would have, and
+  the paired differences averaged per slice with a 95% Student's t interval
+  over the slices (pairs that share a slice are not independent).
 
 The last-epoch figures read the test images' curve, so they are a
 diagnostic only: a protocol change must be decided on training-set slices,
@@ -128,6 +130,26 @@ def branch_spread(runs, prefix=""):
     return float(np.sqrt(np.mean(variances)))
 
 
+def slice_means(seeds, differences, slice_of, t_interval):
+    """The paired differences averaged per training slice, and the 95% t
+    interval over those slice means.
+
+    Pairs of one slice share their training images, so they are not
+    independent draws; the slice means are (for disjoint slices), at the
+    cost of fewer degrees of freedom (slices - 1). Returns `{"slices",
+    "mean", "t_interval_95"}` (the interval `None` for one slice).
+    """
+    groups = {}
+    for seed, difference in zip(seeds, differences, strict=True):
+        groups.setdefault(slice_of[seed], []).append(difference)
+    means = [float(np.mean(values)) for values in groups.values()]
+    return {
+        "slices": len(means),
+        "mean": float(np.mean(means)),
+        "t_interval_95": t_interval(means),
+    }
+
+
 def analyse(results, last=5, reference="baseline"):
     """Every method's spread, split as the module docstring says."""
     accuracy = _accuracy_script()
@@ -171,6 +193,12 @@ def analyse(results, last=5, reference="baseline"):
                 entry["paired_std"] = pair["std"]
                 entry["unpaired_std"] = float(
                     np.sqrt(np.var(base, ddof=1) + np.var(own, ddof=1))
+                )
+                entry["by_slice"] = slice_means(
+                    pair["seeds"],
+                    pair["differences"],
+                    {run["seed"]: run.get("train_slice", 0) for run in group},
+                    accuracy.t_interval,
                 )
             report.setdefault(name, {})[method] = entry
     return report
@@ -216,6 +244,31 @@ def format_report(report, last):
                         if "unpaired_std" not in entry
                         else f"{entry['unpaired_std']:.2f}",
                     ]
+                )
+                + " |"
+            )
+    lines += [
+        "",
+        "Paired differences of the mean branch averaged per training slice "
+        "(pairs of one slice share their images; the slices do not):",
+        "",
+        "| set | method | slices | mean difference | 95% t interval over "
+        "slices |",
+        "|---|---|---|---|---|",
+    ]
+    for name, methods in report.items():
+        for method, entry in methods.items():
+            by_slice = entry.get("by_slice")
+            if not by_slice:
+                continue
+            interval = by_slice["t_interval_95"]
+            lines.append(
+                f"| {name} | {method} | {by_slice['slices']} "
+                f"| {by_slice['mean']:+.2f} | "
+                + (
+                    "-"
+                    if interval is None
+                    else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
                 )
                 + " |"
             )

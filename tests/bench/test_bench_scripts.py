@@ -804,6 +804,16 @@ def test_spread_report(tmp_path, capsys):
     assert one["unpaired_std"] == pytest.approx(
         np.sqrt(np.var(base, ddof=1) + np.var(own, ddof=1))
     )
+    # Averaged per slice (seeds 0, 2, 4 on slice 0; 1, 3, 5 on slice 1),
+    # then a t interval with 1 degree of freedom: mean +- 12.706 * sd / sqrt 2.
+    difference = own - base
+    means = [difference[0::2].mean(), difference[1::2].mean()]
+    half = 12.7062047 * np.std(means, ddof=1) / np.sqrt(2)
+    assert one["by_slice"]["slices"] == 2
+    assert one["by_slice"]["mean"] == pytest.approx(np.mean(means))
+    assert one["by_slice"]["t_interval_95"] == pytest.approx(
+        [np.mean(means) - half, np.mean(means) + half]
+    )
     # The baseline's curve is 7 epochs long: its last 3 only.
     base_curves = [r["history"]["val_accuracy"] for r in runs[::2]]
     assert report["test"]["baseline"]["last_epochs"][
@@ -820,7 +830,11 @@ def test_spread_report(tmp_path, capsys):
     spread.main(
         [str(path), "--last", "3", "--output", str(tmp_path / "s.json")]
     )
-    assert "| test | one | 6 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| test | one | 6 |" in out
+    low, high = one["by_slice"]["t_interval_95"]
+    row = f"| test | one | 2 | {np.mean(means):+.2f} |"
+    assert f"{row} [{low:+.2f}, {high:+.2f}] |" in out
     saved = json.loads((tmp_path / "s.json").read_text())
     assert saved["spread"]["test"]["one"]["paired_std"] == pytest.approx(
         one["paired_std"]
