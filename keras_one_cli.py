@@ -15,6 +15,7 @@ first.
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -98,8 +99,31 @@ def _positive_int(text):
 
 def _positive_float(text):
     value = float(text)
-    if value <= 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0: {text}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0: {text}")
+    return value
+
+
+def _seed(text):
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to 2**32 - 1: {text}"
+        )
     return value
 
 
@@ -140,7 +164,14 @@ def build_parser(method_names=None):
         "--batch-size", type=_positive_int, default=256, help="(default: 256)"
     )
     evaluate.add_argument(
-        "--output", metavar="RESULTS.json", help="also write the scores here"
+        "--output",
+        metavar="RESULTS.json",
+        help="also write the scores here (a new file unless --overwrite)",
+    )
+    evaluate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output file",
     )
     _add_verbose_argument(evaluate)
 
@@ -173,7 +204,12 @@ def build_parser(method_names=None):
         "--output",
         metavar="PATH",
         help="output file or directory (default: next to the distiller, "
-        "e.g. distiller_branch0.keras)",
+        "e.g. distiller_branch0.keras); a new one unless --overwrite",
+    )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output (never the distiller itself)",
     )
     export.add_argument(
         "--no-preprocessing",
@@ -383,13 +419,13 @@ def _add_pipeline_arguments(parser, kind=True):
     )
     parser.add_argument(
         "--weight-decay",
-        type=float,
+        type=_non_negative_float,
         default=5e-4,
         help="coupled L2 weight decay (default: 5e-4)",
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=0,
         help="seed of the first stage; stage i uses seed + i (default: 0)",
     )
@@ -455,7 +491,7 @@ def _add_train_arguments(train, method_names=None):
     )
     train.add_argument(
         "--weight-decay",
-        type=float,
+        type=_non_negative_float,
         default=5e-4,
         help="coupled L2 weight decay (default: 5e-4)",
     )
@@ -474,7 +510,7 @@ def _add_train_arguments(train, method_names=None):
     )
     train.add_argument(
         "--rampup-epochs",
-        type=int,
+        type=_non_negative_int,
         help="epochs of the distillation weight ramp-up (default: the "
         "method's fraction of --epochs from its paper, e.g. ONE's 80 of 300; "
         "0 for methods without a ramp-up)",
@@ -489,7 +525,7 @@ def _add_train_arguments(train, method_names=None):
         "install keras-one[hub]); for methods with teachers (repeat for "
         "several)",
     )
-    train.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    train.add_argument("--seed", type=_seed, default=0, help="(default: 0)")
     train.add_argument(
         "--output-dir",
         default=None,

@@ -65,6 +65,7 @@ the same; runs already in the file are kept):
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -74,6 +75,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 BASELINE = "baseline"
+
+
+def _number(kind, test, requirement):
+    """An argparse type: `kind(text)`, refused unless `test(value)`."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}: {text}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_seed = _number(int, lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1")
+_positive_float = _number(
+    float, lambda v: v > 0 and math.isfinite(v), "a positive number"
+)
+_non_negative_float = _number(
+    float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0"
+)
+_fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
 def build_parser():
@@ -97,7 +124,7 @@ def build_parser():
         help=f"'{BASELINE}' and/or method names of keras_one.methods "
         "(default: baseline one)",
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2])
     parser.add_argument(
         "--protocol",
         choices=protocols.names(),
@@ -108,11 +135,11 @@ def build_parser():
         "reduced recipe with a cosine decay)",
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="(default: 80)"
+        "--epochs", type=_positive_int, default=None, help="(default: 80)"
     )
     parser.add_argument(
         "--train-examples",
-        type=int,
+        type=_positive_int,
         default=None,
         help="use only this many training images, the same number per "
         "class (.npz data only); the rest are a held-out evaluation set",
@@ -126,19 +153,28 @@ def build_parser():
         "evaluated on the test images and on the training images outside "
         "its slice; results then average over data as well as seeds",
     )
-    parser.add_argument("--branches", type=int, default=3)
+    parser.add_argument("--branches", type=_positive_int, default=3)
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="(default: 128)"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="(default: 128)",
     )
     parser.add_argument(
-        "--learning-rate", type=float, default=None, help="(default: 0.1)"
+        "--learning-rate",
+        type=_positive_float,
+        default=None,
+        help="(default: 0.1)",
     )
     parser.add_argument(
-        "--weight-decay", type=float, default=None, help="(default: 5e-4)"
+        "--weight-decay",
+        type=_non_negative_float,
+        default=None,
+        help="(default: 5e-4)",
     )
     parser.add_argument(
         "--rampup-fraction",
-        type=float,
+        type=_fraction,
         default=None,
         help="ramp-up of the distillation weight as a fraction of the "
         "epochs, for the methods that ramp up (default: each method's "
@@ -241,9 +277,12 @@ def load_data(args, seed, views=1, slice_index=None, with_index=False):
 
     options = dict(views=views, with_index=with_index)
     if args.train_examples is None:
-        train_ds, test_ds, info = data.load(
-            args.data, batch_size=args.batch_size, seed=seed, **options
-        )
+        try:
+            train_ds, test_ds, info = data.load(
+                args.data, batch_size=args.batch_size, seed=seed, **options
+            )
+        except (ValueError, OSError) as error:
+            raise SystemExit(f"--data {args.data}: {error}") from None
         return train_ds, test_ds, None, _info_dict(info)
     if not str(args.data).lower().endswith(".npz"):
         raise SystemExit(
@@ -907,15 +946,36 @@ def main(argv=None):
     args = parse_args(argv)
     from keras_one import methods
 
+    for flag, values in (("--seeds", args.seeds), ("--methods", args.methods)):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise SystemExit(
+                f"{flag} lists {', '.join(map(str, repeated))} more than "
+                "once; give each once."
+            )
     for name in args.methods:
         if name != BASELINE:
-            methods.get(name)  # fails early on unknown names
+            try:
+                info = methods.get(name).info
+            except ValueError as error:
+                raise SystemExit(f"--methods {name}: {error}") from None
+            if args.branches < info.min_branches:
+                raise SystemExit(
+                    f"--methods {name} needs at least {info.min_branches} "
+                    f"branches: raise --branches (got {args.branches})."
+                )
+    from keras_one import models
+
+    networks = [("--model", args.model)]
     if any(
         name != BASELINE and teacher_count(name, args) for name in args.methods
     ):
-        from keras_one import models
-
-        models.get(args.teacher_model)  # likewise for --teacher-model
+        networks.append(("--teacher-model", args.teacher_model))
+    for flag, network in networks:
+        try:
+            models.get(network)
+        except (ValueError, ImportError) as error:
+            raise SystemExit(f"{flag} {network}: {error}") from None
     if args.resample and args.train_examples is None:
         raise SystemExit("--resample needs --train-examples (the slice size).")
     chart = args.chart or os.path.splitext(args.output)[0] + ".png"
@@ -937,6 +997,16 @@ def main(argv=None):
         f"{args.model}, {args.data and os.path.basename(args.data)}, "
         f"{args.train_examples or 'all'} train images, {args.epochs} epochs"
     )
+    to_train = [
+        (name, seed)
+        for seed in args.seeds
+        for name in args.methods
+        if (name, seed) not in done
+    ]
+    # (Only results to merge: the data need not be here.)
+    if to_train and str(args.data).lower().endswith(".npz"):
+        if not os.path.isfile(args.data):
+            raise SystemExit(f"--data {args.data}: no such file.")
     # Seed-major order: an interrupted benchmark leaves complete seeds.
     for seed in args.seeds:
         for name in args.methods:

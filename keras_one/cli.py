@@ -139,6 +139,16 @@ def _check_method_arguments(args):
             f"--branches {args.branches} is too few (default: "
             f"{info.branches})"
         )
+    rampup = args.rampup_epochs
+    # (Not for a run being resumed: it continues as it was started.)
+    resuming = getattr(args, "resume", None) is not None
+    if rampup is not None and rampup > args.epochs and not resuming:
+        raise _error(
+            f"--rampup-epochs {rampup} is longer than the training "
+            f"(--epochs {args.epochs}): the distillation weight would never "
+            "reach its full value; give at most --epochs, or leave it out "
+            "(default: the method's fraction of --epochs)"
+        )
     if info.teachers == "one" and len(teachers) != 1:
         raise _error(
             f"{method} needs exactly one pre-trained --teacher PATH.keras "
@@ -1201,6 +1211,8 @@ def _keras_file_damage(path):
 def evaluate(args):
     from keras_one import report
 
+    if args.output:
+        _check_new_output(args.output, args.overwrite, args.model_path)
     path = args.model_path
     if os.path.isdir(path) or path.endswith(".tflite"):
         scores, info = _evaluate_export(args)
@@ -1333,10 +1345,51 @@ def _load_raw_test(args, batch_size):
         raise _error(_one_line(error)) from None
 
 
+def _check_new_output(output, overwrite, source):
+    """Refuses to write over `source` (what the command reads), or over an
+    existing `output` without --overwrite, before anything is loaded."""
+    if os.path.exists(source) and os.path.exists(output):
+        if os.path.samefile(output, source):
+            raise _error(
+                f"--output {output} is {source}, the file this command "
+                "reads: choose another --output"
+            )
+    if os.path.exists(output) and not overwrite:
+        raise _error(
+            f"--output {output} exists: choose another --output, or pass "
+            "--overwrite to replace it"
+        )
+
+
+def _export_output(args):
+    """The export's path: --output, or one next to the distiller."""
+    if args.output:
+        return args.output
+    if args.branch == "ensemble":
+        suffix = "ensemble"
+    else:
+        suffix = f"branch{int(args.branch)}"
+    extension = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}
+    return (
+        os.path.splitext(args.distiller_path)[0]
+        + f"_{suffix}"
+        + extension[args.format]
+    )
+
+
 def export(args):
     from keras_one import Distiller
     from keras_one import export as export_module
 
+    if args.branch != "ensemble":
+        try:
+            int(args.branch)
+        except ValueError:
+            raise SystemExit(
+                "keras-one: error: --branch must be an integer or 'ensemble'"
+            ) from None
+    output = _export_output(args)
+    _check_new_output(output, args.overwrite, args.distiller_path)
     distiller = _load_model(args.distiller_path)
     if not isinstance(distiller, Distiller):
         raise SystemExit(
@@ -1347,14 +1400,8 @@ def export(args):
     included = None if args.no_preprocessing else preprocessing
     if args.branch == "ensemble":
         model = distiller.get_ensemble_model(preprocessing=included)
-        suffix = "ensemble"
     else:
-        try:
-            index = int(args.branch)
-        except ValueError:
-            raise SystemExit(
-                "keras-one: error: --branch must be an integer or 'ensemble'"
-            ) from None
+        index = int(args.branch)
         # A method that deploys a temporal mean of the branch (PCL) says so.
         deploys_mean = hasattr(distiller.method, "get_mean_branch_model")
         try:
@@ -1368,18 +1415,11 @@ def export(args):
                 )
         except ValueError as error:
             raise SystemExit(f"keras-one: error: {error}") from None
-        suffix = f"branch{index}"
         if deploys_mean:
             print(
                 f"exporting the temporal mean (EMA) of branch {index}, the "
                 f"model {type(distiller.method).__name__} deploys"
             )
-    extension = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}
-    output = args.output or (
-        os.path.splitext(args.distiller_path)[0]
-        + f"_{suffix}"
-        + extension[args.format]
-    )
     from keras_one import _atomic
 
     sidecar = export_module.metadata(

@@ -121,6 +121,55 @@ def test_export_formats(trained_run, tmp_path, fmt, branch):
     np.testing.assert_allclose(scores["accuracy"], expected_accuracy, atol=1e-6)
 
 
+def test_export_and_evaluate_never_overwrite_by_surprise(trained_run, tmp_path):
+    distiller = str(trained_run / "distiller.keras")
+    before = (trained_run / "distiller.keras").read_bytes()
+
+    def refused(argv):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        error = exit_info.value.code
+        assert isinstance(error, str) and "\n" not in error
+        return error
+
+    # The distiller itself: never, --overwrite or not (checked before it
+    # is loaded), as an export or as evaluate's scores.
+    for extra in ([], ["--overwrite"]):
+        error = refused(["export", distiller, "--output", distiller, *extra])
+        assert "the file this command reads: choose another --output" in error
+    error = refused(["evaluate", distiller, "--output", distiller])
+    assert "the file this command reads" in error
+    assert (trained_run / "distiller.keras").read_bytes() == before
+
+    # Another existing file: only with --overwrite.
+    export = ["export", distiller, "--branch", "2", "--no-preprocessing"]
+    output = tmp_path / "b.keras"
+    output.write_text("an earlier export")
+    error = refused([*export, "--output", str(output)])
+    assert f"--output {output} exists: choose another --output, or " in error
+    assert "pass --overwrite to replace it" in error
+    assert output.read_text() == "an earlier export"
+    cli.main([*export, "--output", str(output), "--overwrite"])
+    assert keras.saving.load_model(output).name  # a model now
+    scores = tmp_path / "scores.json"
+    scores.write_text("{}")
+    evaluate = ["evaluate", str(output), "--verbose", "0"]
+    error = refused([*evaluate, "--output", str(scores)])
+    assert "pass --overwrite to replace it" in error
+    cli.main([*evaluate, "--output", str(scores), "--overwrite"])
+    assert "accuracy" in json.loads(scores.read_text())
+
+    # The default path next to the distiller: a second export is refused.
+    default = trained_run / "distiller_branch2.keras"
+    assert not default.exists()
+    cli.main([*export])
+    assert default.exists()
+    error = refused([*export])
+    assert f"--output {default} exists" in error
+    default.unlink()
+    default.with_name(default.name + ".json").unlink()
+
+
 def test_help_lists_methods_and_examples(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])
@@ -137,6 +186,18 @@ def test_help_lists_methods_and_examples(capsys):
     [
         (["train", "--epochs", "0"], "must be a positive integer"),
         (["train", "--method", "nope"], "invalid choice: 'nope'"),
+        # Not a number a training can use: refused before anything loads.
+        (["train", "--learning-rate", "nan"], "must be a positive number"),
+        (["train", "--learning-rate", "inf"], "must be a positive number"),
+        (["train", "--temperature", "nan"], "must be a positive number"),
+        (["train", "--weight-decay", "-1"], "must be a number >= 0"),
+        (["train", "--weight-decay", "nan"], "must be a number >= 0"),
+        (["train", "--seed", "-1"], "must be an integer from 0 to 2**32"),
+        (["train", "--seed", str(2**32)], "must be an integer from 0"),
+        (["train", "--rampup-epochs", "-3"], "must be an integer >= 0"),
+        (["pipeline", "ban", "--weight-decay", "-1"], "must be a number >="),
+        (["pipeline", "ban", "--seed", "-1"], "must be an integer from 0"),
+        (["pipeline", "ban", "--learning-rate", "nan"], "a positive number"),
     ],
 )
 def test_bad_flags(argv, message, capsys):
@@ -177,6 +238,23 @@ def test_bad_paths(argv, message):
 def test_the_ramp_up_is_the_methods_unless_given(argv, rampup_epochs):
     args = cli.build_parser().parse_args(["train", *argv])
     assert cli._make_method(args).rampup_epochs == rampup_epochs
+
+
+def test_a_ramp_up_longer_than_the_training_is_refused():
+    # The distillation weight would end far below 1 (ONE's would reach
+    # exp(-5 (1 - 10/40)^2) = 0.06): a slip, refused before any training.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--rampup-epochs", "40", "--epochs", "10"])
+    error = exit_info.value.code
+    assert isinstance(error, str) and "\n" not in error
+    assert "--rampup-epochs 40 is longer than the training (--epochs 10)" in (
+        error
+    )
+    # As long as the training is fine (the weight then reaches 1).
+    args = cli.build_parser().parse_args(
+        ["train", "--rampup-epochs", "10", "--epochs", "10"]
+    )
+    assert cli._make_method(args).rampup_epochs == 10
 
 
 def test_teachers_are_asked_for_as_the_method_describes(tmp_path):
@@ -275,11 +353,13 @@ def test_a_method_with_example_indices_trains_exports_and_evaluates(
     branch = tmp_path / "deployed.keras"
     cli.main(["export", distiller, "--branch", "1", "--output", str(branch)])
     assert len(keras.saving.load_model(branch).inputs) == 1
+    deployed_scores = tmp_path / "deployed_scores.json"
     cli.main(
-        ["evaluate", str(branch), "--verbose", "0", "--output", str(evaluated)]
+        ["evaluate", str(branch), "--verbose", "0"]
+        + ["--output", str(deployed_scores)]
     )
     np.testing.assert_allclose(
-        json.loads(evaluated.read_text())["accuracy"],
+        json.loads(deployed_scores.read_text())["accuracy"],
         scores["branch_accuracy"][1],
         atol=1e-6,
     )

@@ -23,13 +23,15 @@ def get(name):
     `num_branches` and `head` keyword arguments.
 
     Raises:
-        ValueError: for an unknown name (a keras-hub preset is checked
-            against the built-in ones without downloading it).
+        ValueError: for an unknown name, a ResNet depth other than
+            6n + 2 (a keras-hub preset is checked against the built-in
+            ones without downloading it).
         ImportError: for a `"hub:"` name without keras-hub installed.
     """
     import functools
 
     from keras_one.models.external_network import check_name
+    from keras_one.models.resnet_blocks import cifar_stages
 
     if ":" in str(name):
         check_name(str(name))
@@ -37,6 +39,7 @@ def get(name):
     key = str(name).lower().replace("-", "")
     if key.startswith("resnet") and key[len("resnet") :].isdigit():
         depth = int(key[len("resnet") :])
+        cifar_stages(depth)  # a depth other than 6n + 2: one clear error
         return functools.partial(cifar_resnet, depth)
     raise ValueError(
         f"Unknown model {name!r}. Known models: resnet<depth> with depth "

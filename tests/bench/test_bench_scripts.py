@@ -282,6 +282,42 @@ def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
         )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        # argparse: usage and a one-line error, status 2.
+        (["--epochs", "0"], "--epochs: must be a positive integer: 0"),
+        (["--seeds", "-1"], "--seeds: must be an integer from 0 to 2**32"),
+        (["--branches", "0"], "--branches: must be a positive integer"),
+        (["--batch-size", "x"], "--batch-size: must be a positive integer"),
+        (["--learning-rate", "nan"], "--learning-rate: must be a positive"),
+        (["--weight-decay", "-1"], "--weight-decay: must be a number >= 0"),
+        (["--rampup-fraction", "2"], "--rampup-fraction: must be a number"),
+        (["--train-examples", "0"], "--train-examples: must be a positive"),
+        # Checked before any data is read or any network trained.
+        (["--seeds", "0", "0"], "--seeds lists 0 more than once"),
+        (["--methods", "one", "one"], "--methods lists one more than once"),
+        (["--methods", "nope"], "--methods nope: Unknown method 'nope'"),
+        (["--methods", "one", "--branches", "1"], "at least 2 branches"),
+        (["--model", "resnet7"], "--model resnet7: CIFAR ResNet depth"),
+        (["--methods", "kd", "--teacher-model", "resnet7"], "--teacher-model"),
+        (["--data", "missing.npz"], "--data missing.npz: no such file."),
+        (["--data", "no/such/folder"], "--data no/such/folder: No file or"),
+    ],
+)
+def test_accuracy_benchmark_refuses_bad_flags(tmp_path, capsys, flags, message):
+    accuracy = load_script("accuracy")
+    output = tmp_path / "a.json"
+    data = str(tmp_path / "data.npz")
+    np.savez(data, x_train=np.zeros((10, 8, 8, 1)), y_train=np.arange(10))
+    with pytest.raises(SystemExit) as exit_info:
+        accuracy.main(["--data", data, "--output", str(output), *flags])
+    code = exit_info.value.code
+    error = code if isinstance(code, str) else capsys.readouterr().err
+    assert message in error.strip().splitlines()[-1]
+    assert not output.exists()
+
+
 @pytest.mark.slow
 def test_throughput_benchmark_tiny(tmp_path, capsys, monkeypatch):
     # Read back into the machine record (TensorFlow's API reports 0).

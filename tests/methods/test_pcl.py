@@ -351,6 +351,7 @@ def test_command_line_trains_evaluates_and_exports_pcl(tmp_path, capsys):
     assert "temporal mean (EMA) of branch 2" in capsys.readouterr().out
     cli.main(
         ["evaluate", exported, "--verbose", "0", "--output", str(scores_path)]
+        + ["--overwrite"]  # the scores of the distiller, replaced
     )
     np.testing.assert_allclose(
         json.loads(scores_path.read_text())["accuracy"],

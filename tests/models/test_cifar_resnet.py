@@ -1,6 +1,7 @@
 import keras
 import pytest
 
+from keras_one import models
 from keras_one.models import cifar_resnet
 
 
@@ -67,6 +68,10 @@ def test_branch_stage_zero_gives_independent_networks():
 def test_bad_depth():
     with pytest.raises(ValueError, match="6n \\+ 2"):
         cifar_resnet(21)
+    # By name, refused when the name is looked up, before any building.
+    with pytest.raises(ValueError, match="6n \\+ 2"):
+        models.get("resnet7")
+    assert models.get("ResNet-20").args == (20,)
 
 
 @pytest.mark.backend_portable
