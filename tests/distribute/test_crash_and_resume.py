@@ -31,8 +31,8 @@ SCRIPT = os.path.join(HERE, "train_resumable.py")
 TIMEOUT = 1200  # a hang guard (the test took 316 s on a slow 2-core CPU)
 # PCL is left out until its known defect is fixed: its training is not
 # reproducible under heavy CPU load (with op determinism on, in float32 and
-# float64; cause not found, see *Known defect (PCL)* in the README), so its
-# resumed run cannot be compared with another one.
+# float64; cause not found, see *Known defect (PCL, perhaps not only)* in
+# the README), so its resumed run cannot be compared with another one.
 METHODS = [name for name in methods.names() if name != "pcl"]
 
 
