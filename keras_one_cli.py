@@ -90,41 +90,39 @@ DATASET_HELP = (
 )
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
-    return value
+def _number(kind, test, requirement):
+    """An argparse type: `kind(text)`, refused unless `test(value)`.
+
+    The refusal is argparse's one line, `argument --flag: must
+    <requirement>: <text>` (also for text that is not a number).
+    """
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"must {requirement}: {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text):
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
-    return value
-
-
-def _non_negative_float(text):
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0: {text}")
-    return value
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0: {text}")
-    return value
-
-
-def _seed(text):
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer from 0 to 2**32 - 1: {text}"
-        )
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "be a positive integer")
+_non_negative_int = _number(int, lambda v: v >= 0, "be an integer >= 0")
+_at_least_two = _number(int, lambda v: v >= 2, "be at least 2")
+_seed = _number(
+    int, lambda v: 0 <= v < 2**32, "be an integer from 0 to 2**32 - 1"
+)
+_positive_float = _number(
+    float, lambda v: v > 0 and math.isfinite(v), "be a positive number"
+)
+_non_negative_float = _number(
+    float, lambda v: v >= 0 and math.isfinite(v), "be a number >= 0"
+)
+_unit_interval = _number(float, lambda v: 0 <= v <= 1, "lie in [0, 1]")
+_ratio = _number(float, lambda v: 0 < v <= 1, "lie in (0, 1]")
 
 
 def build_parser(method_names=None):
@@ -277,27 +275,6 @@ def build_parser(method_names=None):
 
 
 PIPELINES = ("ensemble", "self", "ban", "srm", "blockwise")
-
-
-def _at_least_two(text):
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2: {text}")
-    return value
-
-
-def _unit_interval(text):
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1]: {text}")
-    return value
-
-
-def _ratio(text):
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1]: {text}")
-    return value
 
 
 def _layer_names(text):
