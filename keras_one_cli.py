@@ -90,11 +90,12 @@ DATASET_HELP = (
 )
 
 
-def _number(kind, test, requirement):
+def number_type(kind, test, requirement):
     """An argparse type: `kind(text)`, refused unless `test(value)`.
 
     The refusal is argparse's one line, `argument --flag: must
-    <requirement>: <text>` (also for text that is not a number).
+    <requirement>: <text>` (also for text that is not a number). Also
+    used by the benchmark scripts' parsers.
     """
 
     def parse(text):
@@ -109,20 +110,20 @@ def _number(kind, test, requirement):
     return parse
 
 
-_positive_int = _number(int, lambda v: v >= 1, "be a positive integer")
-_non_negative_int = _number(int, lambda v: v >= 0, "be an integer >= 0")
-_at_least_two = _number(int, lambda v: v >= 2, "be at least 2")
-_seed = _number(
+_positive_int = number_type(int, lambda v: v >= 1, "be a positive integer")
+_non_negative_int = number_type(int, lambda v: v >= 0, "be an integer >= 0")
+_at_least_two = number_type(int, lambda v: v >= 2, "be at least 2")
+_seed = number_type(
     int, lambda v: 0 <= v < 2**32, "be an integer from 0 to 2**32 - 1"
 )
-_positive_float = _number(
+_positive_float = number_type(
     float, lambda v: v > 0 and math.isfinite(v), "be a positive number"
 )
-_non_negative_float = _number(
+_non_negative_float = number_type(
     float, lambda v: v >= 0 and math.isfinite(v), "be a number >= 0"
 )
-_unit_interval = _number(float, lambda v: 0 <= v <= 1, "lie in [0, 1]")
-_ratio = _number(float, lambda v: 0 < v <= 1, "lie in (0, 1]")
+_unit_interval = number_type(float, lambda v: 0 <= v <= 1, "lie in [0, 1]")
+_ratio = number_type(float, lambda v: 0 < v <= 1, "lie in (0, 1]")
 
 
 def build_parser(method_names=None):

@@ -74,33 +74,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from keras_one_cli import number_type  # noqa: E402
+
 BASELINE = "baseline"
 
 
-def _number(kind, test, requirement):
-    """An argparse type: `kind(text)`, refused unless `test(value)`."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not test(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}: {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_seed = _number(int, lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1")
-_positive_float = _number(
-    float, lambda v: v > 0 and math.isfinite(v), "a positive number"
+_positive_int = number_type(int, lambda v: v >= 1, "be a positive integer")
+_seed = number_type(
+    int, lambda v: 0 <= v < 2**32, "be an integer from 0 to 2**32 - 1"
 )
-_non_negative_float = _number(
-    float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0"
+_positive_float = number_type(
+    float, lambda v: v > 0 and math.isfinite(v), "be a positive number"
 )
-_fraction = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+_non_negative_float = number_type(
+    float, lambda v: v >= 0 and math.isfinite(v), "be a number >= 0"
+)
+_fraction = number_type(float, lambda v: 0 <= v <= 1, "be a number from 0 to 1")
 
 
 def build_parser():
