@@ -52,6 +52,25 @@ accuracy and training time are recorded with every run that uses them:
         --train-examples 2500 --epochs 80 --seeds 0 --methods kd sokd \
         --teacher-model resnet32 --output results/accuracy.json
 
+The multi-stage pipelines of `keras_one.pipelines` run here too, by their
+function names in `--methods` (`ensemble_distillation`,
+`self_distillation`, `born_again`, `sparse_representation_matching`,
+`blockwise_distillation`), with the same data, networks and recipe: every
+stage trains `--epochs` epochs with the baseline's optimizer (SRM: its
+official Adam schedule, the pipeline's default, scaled to `--epochs`). The
+network a pipeline deploys (the distilled student, the last generation) is
+scored as its one branch; born-again's ensemble of generations and
+ensemble distillation's teacher ensemble as its ensemble. SRM and
+block-wise distillation learn from the teacher KD and SOKD use (teacher 0
+of the seed). Their stages are saved in `<output without .json>_pipelines/`
+and a rerun resumes them; `--members` and `--generations` set the
+ensemble's size and the generations (recorded with each run):
+
+    python bench/accuracy.py --data cifar10_dev.npz --model resnet20 \
+        --train-examples 2500 --epochs 80 --seeds 0 --members 3 \
+        --methods ensemble_distillation born_again \
+        --output results/accuracy.json
+
 Runs can be spread over processes or machines, each writing its own
 `--output`, and gathered into one file with `--merge` (the protocol must be
 the same; runs already in the file are kept):
@@ -77,6 +96,21 @@ import numpy as np  # noqa: E402
 from keras_one_cli import number_type  # noqa: E402
 
 BASELINE = "baseline"
+# The pipelines of `keras_one.pipelines` that `--methods` takes, and those
+# of them that learn from a pre-trained teacher of `--teacher-model`.
+PIPELINES = (
+    "ensemble_distillation",
+    "self_distillation",
+    "born_again",
+    "sparse_representation_matching",
+    "blockwise_distillation",
+)
+TEACHER_PIPELINES = ("sparse_representation_matching", "blockwise_distillation")
+# The pipelines' flags, and the pipelines that take each.
+PIPELINE_FLAGS = {
+    "members": ("ensemble_distillation",),
+    "generations": ("self_distillation", "born_again"),
+}
 
 
 _positive_int = number_type(int, lambda v: v >= 1, "be a positive integer")
@@ -89,6 +123,7 @@ _positive_float = number_type(
 _non_negative_float = number_type(
     float, lambda v: v >= 0 and math.isfinite(v), "be a number >= 0"
 )
+_at_least_two = number_type(int, lambda v: v >= 2, "be an integer >= 2")
 _fraction = number_type(float, lambda v: 0 <= v <= 1, "be a number from 0 to 1")
 
 
@@ -110,7 +145,8 @@ def build_parser():
         "--methods",
         nargs="+",
         default=[BASELINE, "one"],
-        help=f"'{BASELINE}' and/or method names of keras_one.methods "
+        help=f"'{BASELINE}', method names of keras_one.methods and "
+        f"pipelines of keras_one.pipelines ({', '.join(PIPELINES)}) "
         "(default: baseline one)",
     )
     parser.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2])
@@ -180,6 +216,20 @@ def build_parser():
         default=None,
         help="where the teachers are saved and found again (default: "
         "<output without .json>_teachers)",
+    )
+    parser.add_argument(
+        "--members",
+        type=_at_least_two,
+        default=None,
+        help="networks of ensemble_distillation's ensemble (default: the "
+        "pipeline's, 10)",
+    )
+    parser.add_argument(
+        "--generations",
+        type=_positive_int,
+        default=None,
+        help="distilled generations of self_distillation and born_again "
+        "(default: each pipeline's, 1 and 3)",
     )
     parser.add_argument("--output", default="accuracy.json")
     parser.add_argument(
@@ -324,10 +374,12 @@ def _info_dict(info):
 
 
 def teacher_count(name, args):
-    """How many pre-trained teachers method `name` takes (0: none)."""
+    """How many pre-trained teachers method or pipeline `name` takes."""
     from keras_one import methods
     from keras_one.methods.method_info import num_teachers
 
+    if name in PIPELINES:
+        return int(name in TEACHER_PIPELINES)
     return num_teachers(methods.get(name), args.branches)
 
 
@@ -473,12 +525,126 @@ def _accuracy(model, dataset, key):
     return float(scores[key])
 
 
+def pipeline_options(name, args):
+    """The keyword arguments of pipeline `name`: its defaults and flags."""
+    from keras_one import pipelines
+
+    options = dict(pipelines.DEFAULTS[name])
+    for flag, names in PIPELINE_FLAGS.items():
+        if name in names and getattr(args, flag) is not None:
+            options[flag] = getattr(args, flag)
+    return options
+
+
+def _pipeline_dir(args):
+    return os.path.splitext(args.output)[0] + "_pipelines"
+
+
+def _deployed(name, models):
+    """`(network, ensemble or None)` of a pipeline's returned models."""
+    if name in ("self_distillation", "born_again"):
+        return models["generations"][-1], models.get("ensemble")
+    return models["student"], models.get("ensemble")
+
+
+def run_pipeline(name, seed, args):
+    """Runs pipeline `name` (every stage, resumed if begun); its record.
+
+    The record has a method's keys (the deployed network as the one
+    branch, see `_deployed`), plus `options`, every stage's test accuracy
+    (`stage_accuracy`) and training time (`stage_seconds`, summed into
+    `train_seconds`), and the history of the deployed network's stage.
+    """
+    import functools
+
+    from keras_one import experiment
+    from keras_one import models
+    from keras_one import pipelines
+    from keras_one import recipes
+
+    train_ds, test_ds, heldout_ds, info = load_data(args, seed)
+    record = {"method": name, "seed": seed}
+    if args.train_examples is not None:
+        record["train_slice"] = train_slice(args, seed)
+    options = pipeline_options(name, args)
+    record["options"] = options
+    extra = {}
+    if name in TEACHER_PIPELINES:
+        teacher, teacher_record = get_teacher(args, seed, 0)
+        record["teachers"] = [teacher_record]
+        extra["teacher"] = teacher
+    if name != "sparse_representation_matching":
+        # SRM keeps its own default: the official Adam schedule.
+        extra["optimizer"] = experiment.optimizer_for(
+            args.protocol, args.learning_rate, args.epochs, len(train_ds)
+        )
+    num_classes, input_shape = experiment.classes_and_shape(info)
+    build = functools.partial(
+        models.get(args.model),
+        num_classes=num_classes,
+        input_shape=input_shape,
+        num_branches=1,
+        weight_decay=args.weight_decay,
+    )
+    directory = os.path.join(_pipeline_dir(args), f"{name}_seed{seed}")
+    networks, _ = getattr(pipelines, name)(
+        build,
+        train_ds=train_ds,
+        test_ds=test_ds,
+        epochs=args.epochs,
+        directory=directory,
+        seed=seed,
+        verbose=args.verbose,
+        **extra,
+        **options,
+    )
+    network, ensemble = _deployed(name, networks)
+    record["branch_accuracy"] = [recipes.accuracy(network, test_ds)]
+    record["ensemble_accuracy"] = ensemble and recipes.accuracy(
+        ensemble, test_ds
+    )
+    if heldout_ds is not None:
+        record["heldout_branch_accuracy"] = [
+            recipes.accuracy(network, heldout_ds)
+        ]
+        record["heldout_ensemble_accuracy"] = ensemble and recipes.accuracy(
+            ensemble, heldout_ds
+        )
+    with open(os.path.join(directory, pipelines.RECORD)) as file:
+        stages = json.load(file)["stages"]
+    record["stage_accuracy"], record["stage_seconds"] = {}, {}
+    for stage in stages:
+        with open(os.path.join(directory, f"{stage}.json")) as file:
+            scores = json.load(file)
+        # (The non-classifier stages, SRM's coding, record a test loss.)
+        record["stage_accuracy"][stage] = scores.get("accuracy")
+        record["stage_seconds"][stage] = scores["train_seconds"]
+    record["train_seconds"] = sum(record["stage_seconds"].values())
+    _record_machine(record, scores["history"])
+    return record
+
+
+def _record_machine(record, history):
+    """Adds the threads, the CPU and the epoch history to `record`."""
+    record["intra_op_threads"] = _intra_op_threads()
+    # Runs of one file may come from other processes or machines.
+    info = _machine_info()
+    record["inter_op_threads"] = info.tensorflow_threads("inter")
+    record["cpu"] = info.cpu_name()
+    record["history"] = {
+        key: [float(v) for v in values] for key, values in history.items()
+    }
+
+
 def run_one(name, seed, args):
     """Trains one configuration; returns its result record."""
     import keras
 
     from keras_one import experiment
     from keras_one import methods
+
+    if name in PIPELINES:
+        return run_pipeline(name, seed, args)
 
     # A method whose data is not plain images (PCL's views, MCL-OKD's
     # example indices) is trained and tested on data loaded so.
@@ -547,15 +713,7 @@ def run_one(name, seed, args):
                     for i in range(distiller.num_branches)
                 ]
     record["train_seconds"] = scores["train_seconds"]
-    record["intra_op_threads"] = _intra_op_threads()
-    # Runs of one file may come from other processes or machines.
-    info = _machine_info()
-    record["inter_op_threads"] = info.tensorflow_threads("inter")
-    record["cpu"] = info.cpu_name()
-    record["history"] = {
-        key: [float(v) for v in values]
-        for key, values in scores["history"].items()
-    }
+    _record_machine(record, scores["history"])
     return record
 
 
@@ -894,6 +1052,8 @@ def protocol_of(args):
             "output", "chart", "verbose", "methods", "seeds", "merge",
             # Recorded with each run that uses teachers instead.
             "teacher_model", "teacher_dir",
+            # Recorded with each pipeline's run (its `options`) instead.
+            *PIPELINE_FLAGS,
         )
     }  # fmt: skip
 
@@ -943,11 +1103,14 @@ def main(argv=None):
                 "once; give each once."
             )
     for name in args.methods:
-        if name != BASELINE:
+        if name != BASELINE and name not in PIPELINES:
             try:
                 info = methods.get(name).info
             except ValueError as error:
-                raise SystemExit(f"--methods {name}: {error}") from None
+                raise SystemExit(
+                    f"--methods {name}: {error} Pipelines: "
+                    f"{', '.join(PIPELINES)}."
+                ) from None
             if args.branches < info.min_branches:
                 raise SystemExit(
                     f"--methods {name} needs at least {info.min_branches} "
@@ -965,6 +1128,14 @@ def main(argv=None):
             models.get(network)
         except (ValueError, ImportError) as error:
             raise SystemExit(f"{flag} {network}: {error}") from None
+    for flag, names in PIPELINE_FLAGS.items():
+        if getattr(args, flag) is not None and not set(names) & set(
+            args.methods
+        ):
+            raise SystemExit(
+                f"--{flag} applies to the {' and '.join(names)} pipelines "
+                f"only: add one to --methods or leave out --{flag}."
+            )
     if args.resample and args.train_examples is None:
         raise SystemExit("--resample needs --train-examples (the slice size).")
     chart = args.chart or os.path.splitext(args.output)[0] + ".png"
@@ -982,6 +1153,7 @@ def main(argv=None):
         results["runs"] = previous["runs"]
     done = {(run["method"], run["seed"]) for run in results["runs"]}
     merged = _merge(results, args.merge, protocol, done)
+    _check_pipeline_options(results["runs"], args)
     title = (
         f"{args.model}, {args.data and os.path.basename(args.data)}, "
         f"{args.train_examples or 'all'} train images, {args.epochs} epochs"
@@ -1037,6 +1209,24 @@ def main(argv=None):
             print(format_paired(paired))
     print(f"\nresults: {args.output}\nchart:   {chart}")
     return results
+
+
+def _check_pipeline_options(runs, args):
+    """Refuses to add pipeline runs of other options to recorded ones.
+
+    A pipeline's runs in one file share its options (`--members`,
+    `--generations`), as every run there shares the protocol.
+    """
+    for run in runs:
+        name = run["method"]
+        if name in PIPELINES and name in args.methods:
+            wanted = pipeline_options(name, args)
+            if run.get("options") != wanted:
+                raise SystemExit(
+                    f"{args.output} holds {name} runs with options "
+                    f"{run.get('options')}, not {wanted}: give the same "
+                    "--members/--generations, or another --output."
+                )
 
 
 def _summarize_into(results):

@@ -173,6 +173,65 @@ def test_accuracy_benchmark_trains_and_reuses_teachers(
         accuracy.main(other + ["--teacher-dir", str(folder)])
 
 
+@pytest.mark.slow
+def test_accuracy_benchmark_runs_pipelines(tiny_npz, tmp_path, capsys):
+    import keras
+
+    from keras_one import recipes
+
+    accuracy = load_script("accuracy")
+    output = tmp_path / "accuracy.json"
+    argv = [
+        "--data", str(tiny_npz), "--model", "resnet8", "--epochs", "1",
+        "--seeds", "0", "--teacher-model", "resnet8",
+        "--methods", "born_again", "blockwise_distillation",
+        "--generations", "2", "--train-examples", "32",
+        "--batch-size", "16", "--verbose", "0", "--output", str(output),
+    ]  # fmt: skip
+    results = accuracy.main(argv)
+    runs = {run["method"]: run for run in results["runs"]}
+    ban, blockwise = runs["born_again"], runs["blockwise_distillation"]
+    assert ban["options"]["generations"] == 2
+    assert ban["options"]["alpha"] == 1.0  # the pipeline's own default
+    assert list(ban["stage_seconds"]) == [
+        "generation_0", "generation_1", "generation_2",
+    ]  # fmt: skip
+    assert ban["train_seconds"] == pytest.approx(
+        sum(ban["stage_seconds"].values())
+    )
+    # The deployed network is the last generation, read back from its
+    # file and scored on the test and held-out images; the ensemble
+    # averages the born-again generations 1 and 2.
+    _, test_ds, heldout_ds, _ = accuracy.load_data(accuracy.parse_args(argv), 0)
+    folder = tmp_path / "accuracy_pipelines" / "born_again_seed0"
+    last = keras.saving.load_model(folder / "generation_2.keras")
+    assert ban["branch_accuracy"] == [
+        pytest.approx(recipes.accuracy(last, test_ds))
+    ]
+    assert ban["heldout_branch_accuracy"] == [
+        pytest.approx(recipes.accuracy(last, heldout_ds))
+    ]
+    assert ban["stage_accuracy"]["generation_2"] == pytest.approx(
+        ban["branch_accuracy"][0]
+    )
+    assert ban["ensemble_accuracy"] is not None
+    # Block-wise distillation learns from teacher 0 of the seed (KD's).
+    assert [t["seed"] for t in blockwise["teachers"]] == [1000]
+    teachers = tmp_path / "accuracy_teachers"
+    assert (teachers / "resnet8_seed0_teacher0.keras").exists()
+    assert blockwise["ensemble_accuracy"] is None
+    assert list(blockwise["stage_seconds"]) == ["blocks", "student"]
+    assert "blockwise_distillation" in results["summary"]
+    # A rerun skips them; other options in the same file are refused.
+    capsys.readouterr()
+    accuracy.main(argv)
+    assert "=== " not in capsys.readouterr().out
+    other = argv[:]
+    other[other.index("--generations") + 1] = "3"
+    with pytest.raises(SystemExit, match="born_again runs with options"):
+        accuracy.main(other)
+
+
 def test_accuracy_benchmark_merges_results_of_parallel_runs(tmp_path, capsys):
     accuracy = load_script("accuracy")
     argv = ["--data", "data.npz", "--epochs", "3", "--methods", "baseline",
@@ -301,6 +360,14 @@ def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
         (["--methods", "one", "--branches", "1"], "at least 2 branches"),
         (["--model", "resnet7"], "--model resnet7: CIFAR ResNet depth"),
         (["--methods", "kd", "--teacher-model", "resnet7"], "--teacher-model"),
+        (["--methods", "srm"], "Pipelines: ensemble_distillation, self_"),
+        (["--members", "1"], "--members: must be an integer >= 2"),
+        (["--members", "3"], "--members applies to the ensemble_distillation"),
+        (
+            ["--methods", "born_again", "--members", "3"],
+            "leave out --members",
+        ),
+        (["--generations", "0"], "--generations: must be a positive integer"),
         (["--data", "missing.npz"], "--data missing.npz: no such file."),
         (["--data", "no/such/folder"], "--data no/such/folder: No file or"),
     ],
