@@ -560,7 +560,6 @@ def run_pipeline(name, seed, args):
     from keras_one import experiment
     from keras_one import models
     from keras_one import pipelines
-    from keras_one import recipes
 
     train_ds, test_ds, heldout_ds, info = load_data(args, seed)
     record = {"method": name, "seed": seed}
@@ -573,8 +572,10 @@ def run_pipeline(name, seed, args):
         teacher, teacher_record = get_teacher(args, seed, 0)
         record["teachers"] = [teacher_record]
         extra["teacher"] = teacher
-    if name != "sparse_representation_matching":
+    if name == "sparse_representation_matching":
         # SRM keeps its own default: the official Adam schedule.
+        record["optimizer"] = "the pipeline's default (official Adam)"
+    else:
         extra["optimizer"] = experiment.optimizer_for(
             args.protocol, args.learning_rate, args.epochs, len(train_ds)
         )
@@ -599,17 +600,11 @@ def run_pipeline(name, seed, args):
         **options,
     )
     network, ensemble = _deployed(name, networks)
-    record["branch_accuracy"] = [recipes.accuracy(network, test_ds)]
-    record["ensemble_accuracy"] = ensemble and recipes.accuracy(
-        ensemble, test_ds
-    )
+    record["branch_accuracy"] = [_score(network, test_ds)]
+    record["ensemble_accuracy"] = _score(ensemble, test_ds)
     if heldout_ds is not None:
-        record["heldout_branch_accuracy"] = [
-            recipes.accuracy(network, heldout_ds)
-        ]
-        record["heldout_ensemble_accuracy"] = ensemble and recipes.accuracy(
-            ensemble, heldout_ds
-        )
+        record["heldout_branch_accuracy"] = [_score(network, heldout_ds)]
+        record["heldout_ensemble_accuracy"] = _score(ensemble, heldout_ds)
     with open(os.path.join(directory, pipelines.RECORD)) as file:
         stages = json.load(file)["stages"]
     record["stage_accuracy"], record["stage_seconds"] = {}, {}
@@ -622,6 +617,13 @@ def run_pipeline(name, seed, args):
     record["train_seconds"] = sum(record["stage_seconds"].values())
     _record_machine(record, scores["history"])
     return record
+
+
+def _score(model, dataset):
+    """The accuracy of `model` on `dataset`, or `None` without a model."""
+    from keras_one import recipes
+
+    return None if model is None else recipes.accuracy(model, dataset)
 
 
 def _record_machine(record, history):

@@ -184,13 +184,13 @@ def test_accuracy_benchmark_runs_pipelines(tiny_npz, tmp_path, capsys):
     argv = [
         "--data", str(tiny_npz), "--model", "resnet8", "--epochs", "1",
         "--seeds", "0", "--teacher-model", "resnet8",
-        "--methods", "born_again", "blockwise_distillation",
+        "--methods", "born_again", "sparse_representation_matching",
         "--generations", "2", "--train-examples", "32",
         "--batch-size", "16", "--verbose", "0", "--output", str(output),
     ]  # fmt: skip
     results = accuracy.main(argv)
     runs = {run["method"]: run for run in results["runs"]}
-    ban, blockwise = runs["born_again"], runs["blockwise_distillation"]
+    ban, srm = runs["born_again"], runs["sparse_representation_matching"]
     assert ban["options"]["generations"] == 2
     assert ban["options"]["alpha"] == 1.0  # the pipeline's own default
     assert list(ban["stage_seconds"]) == [
@@ -215,13 +215,18 @@ def test_accuracy_benchmark_runs_pipelines(tiny_npz, tmp_path, capsys):
         ban["branch_accuracy"][0]
     )
     assert ban["ensemble_accuracy"] is not None
-    # Block-wise distillation learns from teacher 0 of the seed (KD's).
-    assert [t["seed"] for t in blockwise["teachers"]] == [1000]
+    # SRM learns from teacher 0 of the seed (KD's), with its own optimizer;
+    # its coding stage has a loss, no accuracy.
+    assert [t["seed"] for t in srm["teachers"]] == [1000]
     teachers = tmp_path / "accuracy_teachers"
     assert (teachers / "resnet8_seed0_teacher0.keras").exists()
-    assert blockwise["ensemble_accuracy"] is None
-    assert list(blockwise["stage_seconds"]) == ["blocks", "student"]
-    assert "blockwise_distillation" in results["summary"]
+    assert "official Adam" in srm["optimizer"]
+    assert srm["ensemble_accuracy"] is None
+    assert list(srm["stage_accuracy"]) == [
+        "sparse_coding", "srm_init", "student",
+    ]  # fmt: skip
+    assert srm["stage_accuracy"]["sparse_coding"] is None
+    assert "sparse_representation_matching" in results["summary"]
     # A rerun skips them; other options in the same file are refused.
     capsys.readouterr()
     accuracy.main(argv)
