@@ -1042,14 +1042,14 @@ def parse_args(argv=None):
 def protocol_of(args):
     """The settings that make results comparable (those of one file).
 
-    `protocol` is left out when it is `None`, so files written before the
-    flag existed compare equal to runs without it.
+    `protocol` is left out when it is `None` and `resample` when it is
+    false, so files written before those flags existed compare equal to
+    runs without them.
     """
-    return {
+    return _normalized({
         key: value
         for key, value in vars(args).items()
-        if not (key == "protocol" and value is None)
-        and key
+        if key
         not in (
             "output", "chart", "verbose", "methods", "seeds", "merge",
             # Recorded with each run that uses teachers instead.
@@ -1057,7 +1057,23 @@ def protocol_of(args):
             # Recorded with each pipeline's run (its `options`) instead.
             *PIPELINE_FLAGS,
         )
-    }  # fmt: skip
+    })  # fmt: skip
+
+
+def _normalized(protocol):
+    """`protocol` without `protocol: None` and `resample: False`.
+
+    The form `protocol_of` returns; a file written between the two flags'
+    additions may hold `resample: false`.
+    """
+    if not isinstance(protocol, dict):
+        return protocol
+    return {
+        key: value
+        for key, value in protocol.items()
+        if not (key == "protocol" and value is None)
+        and not (key == "resample" and not value)
+    }
 
 
 def _write(path, results):
@@ -1077,7 +1093,7 @@ def _merge(results, paths, protocol, done):
         added = 0
         with open(path) as file:
             other = json.load(file)
-        if other.get("protocol") != protocol:
+        if _normalized(other.get("protocol")) != protocol:
             raise SystemExit(
                 f"--merge {path} holds results of another protocol "
                 f"({other.get('protocol')}, not {protocol})."
@@ -1147,7 +1163,7 @@ def main(argv=None):
     if os.path.exists(args.output):
         with open(args.output) as file:
             previous = json.load(file)
-        if previous.get("protocol") != protocol:
+        if _normalized(previous.get("protocol")) != protocol:
             raise SystemExit(
                 f"{args.output} holds results of another protocol; choose "
                 "another --output or delete it."

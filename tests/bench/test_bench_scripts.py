@@ -259,6 +259,9 @@ def test_accuracy_benchmark_merges_results_of_parallel_runs(tmp_path, capsys):
     }
     for name, runs in parts.items():
         results = {"protocol": protocol, "runs": runs}
+        if name == "part2.json":
+            # Written by a version that recorded resample: false.
+            results["protocol"] = {**protocol, "resample": False}
         (tmp_path / name).write_text(json.dumps(results))
     merged = accuracy.main(
         argv
@@ -277,6 +280,7 @@ def test_accuracy_benchmark_merges_results_of_parallel_runs(tmp_path, capsys):
     np.testing.assert_allclose(saved["summary"]["one"]["ensemble"]["mean"], 65)
     assert saved["summary"]["baseline"]["seeds"] == [0, 1]
     assert (tmp_path / "all.png").stat().st_size > 0
+    assert "resample" not in saved["protocol"]
     # A file of another protocol is refused.
     other = {"protocol": {**protocol, "epochs": 4}, "runs": []}
     (tmp_path / "other.json").write_text(json.dumps(other))
@@ -802,14 +806,29 @@ def test_accuracy_benchmark_protocols(tmp_path):
             )
     with pytest.raises(SystemExit):
         accuracy.parse_args(["--data", "d.npz", "--protocol", "paper"])
-    # Without --protocol the recipe and the recorded protocol are as before
-    # the flag existed, so earlier result files still merge.
+    # Without --protocol (and --resample) the recipe and the recorded
+    # protocol are as before those flags existed, so earlier result files
+    # still merge: the fixed-subset file of the README's methods table, and
+    # the file of resampled runs.
     args = accuracy.parse_args(["--data", "d.npz"])
     assert (args.epochs, args.batch_size, args.weight_decay) == (80, 128, 5e-4)
-    stored = json.loads(
-        (BENCH / "results/accuracy_resnet20_2500x80_resampled.json").read_text()
-    )["protocol"]
-    assert sorted(accuracy.protocol_of(args)) == sorted(stored)
+    stored = {
+        name: json.loads(
+            (
+                BENCH / f"results/accuracy_resnet20_2500x80_{name}.json"
+            ).read_text()
+        )["protocol"]
+        for name in ("methods", "resampled")
+    }
+    flags = [
+        "--data", stored["methods"]["data"], "--model", "resnet20",
+        "--train-examples", "2500", "--branches", "3",
+        "--rampup-fraction", "0.27",
+    ]  # fmt: skip
+    methods = accuracy.parse_args(flags)
+    assert accuracy.protocol_of(methods) == stored["methods"]
+    resampled = accuracy.parse_args(flags[:-2] + ["--resample"])
+    assert accuracy.protocol_of(resampled) == stored["resampled"]
 
 
 @pytest.mark.slow
