@@ -110,19 +110,19 @@ def number_type(kind, test, requirement):
     return parse
 
 
-_positive_int = number_type(int, lambda v: v >= 1, "be a positive integer")
+positive_int = number_type(int, lambda v: v >= 1, "be a positive integer")
 _non_negative_int = number_type(int, lambda v: v >= 0, "be an integer >= 0")
-_at_least_two = number_type(int, lambda v: v >= 2, "be at least 2")
-_seed = number_type(
+at_least_two = number_type(int, lambda v: v >= 2, "be at least 2")
+seed_value = number_type(
     int, lambda v: 0 <= v < 2**32, "be an integer from 0 to 2**32 - 1"
 )
-_positive_float = number_type(
+positive_float = number_type(
     float, lambda v: v > 0 and math.isfinite(v), "be a positive number"
 )
-_non_negative_float = number_type(
+non_negative_float = number_type(
     float, lambda v: v >= 0 and math.isfinite(v), "be a number >= 0"
 )
-_unit_interval = number_type(float, lambda v: 0 <= v <= 1, "lie in [0, 1]")
+unit_interval = number_type(float, lambda v: 0 <= v <= 1, "lie in [0, 1]")
 _ratio = number_type(float, lambda v: 0 < v <= 1, "lie in (0, 1]")
 
 
@@ -160,7 +160,7 @@ def build_parser(method_names=None):
     evaluate.add_argument("model_path", metavar="MODEL")
     _add_data_arguments(evaluate)
     evaluate.add_argument(
-        "--batch-size", type=_positive_int, default=256, help="(default: 256)"
+        "--batch-size", type=positive_int, default=256, help="(default: 256)"
     )
     evaluate.add_argument(
         "--output",
@@ -246,7 +246,7 @@ def build_parser(method_names=None):
     predict.add_argument("paths", metavar="IMAGE_OR_FOLDER", nargs="+")
     predict.add_argument(
         "--top",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="classes printed per image (default: 3)",
     )
@@ -330,7 +330,7 @@ def _add_pipeline_arguments(parser, kind=True):
     )
     parser.add_argument(
         "--codeword-multiplier",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="srm: codewords per channel of a tapped feature map (default: 2)",
     )
@@ -343,13 +343,13 @@ def _add_pipeline_arguments(parser, kind=True):
     )
     parser.add_argument(
         "--members",
-        type=_at_least_two,
+        type=at_least_two,
         default=None,
         help="ensemble: networks in the ensemble (default: 10)",
     )
     parser.add_argument(
         "--generations",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="self, ban: distilled generations after the first (default: 1 "
         "for self, 3 for ban)",
@@ -362,25 +362,25 @@ def _add_pipeline_arguments(parser, kind=True):
     )
     parser.add_argument(
         "--alpha",
-        type=_unit_interval,
+        type=unit_interval,
         default=None,
         help="weight of the distillation term, 1 - alpha weighing the "
         "labels (default: 0.9; 1 for ban, no labels; 0.5 for srm)",
     )
     parser.add_argument(
         "--temperature",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="distillation temperature (default: 4; 1 for ban)",
     )
     parser.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         default=30,
         help="epochs of every stage (default: 30)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=64, help="(default: 64)"
+        "--batch-size", type=positive_int, default=64, help="(default: 64)"
     )
     parser.add_argument(
         "--schedule",
@@ -391,19 +391,19 @@ def _add_pipeline_arguments(parser, kind=True):
     )
     parser.add_argument(
         "--learning-rate",
-        type=_positive_float,
+        type=positive_float,
         default=0.1,
         help="initial learning rate of every stage (default: 0.1)",
     )
     parser.add_argument(
         "--weight-decay",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=5e-4,
         help="coupled L2 weight decay (default: 5e-4)",
     )
     parser.add_argument(
         "--seed",
-        type=_seed,
+        type=seed_value,
         default=0,
         help="seed of the first stage; stage i uses seed + i (default: 0)",
     )
@@ -444,15 +444,15 @@ def _add_train_arguments(train, method_names=None):
     )
     train.add_argument(
         "--branches",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="number of branches (default: the method's, 3 for ONE)",
     )
     train.add_argument(
-        "--epochs", type=_positive_int, default=30, help="(default: 30)"
+        "--epochs", type=positive_int, default=30, help="(default: 30)"
     )
     train.add_argument(
-        "--batch-size", type=_positive_int, default=64, help="(default: 64)"
+        "--batch-size", type=positive_int, default=64, help="(default: 64)"
     )
     train.add_argument(
         "--schedule",
@@ -463,13 +463,13 @@ def _add_train_arguments(train, method_names=None):
     )
     train.add_argument(
         "--learning-rate",
-        type=_positive_float,
+        type=positive_float,
         default=0.1,
         help="initial learning rate, decayed to 0 by a cosine (default: 0.1)",
     )
     train.add_argument(
         "--weight-decay",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=5e-4,
         help="coupled L2 weight decay (default: 5e-4)",
     )
@@ -483,7 +483,7 @@ def _add_train_arguments(train, method_names=None):
     )
     train.add_argument(
         "--temperature",
-        type=_positive_float,
+        type=positive_float,
         help="distillation temperature (default: the method's, 3 for ONE)",
     )
     train.add_argument(
@@ -503,7 +503,9 @@ def _add_train_arguments(train, method_names=None):
         "install keras-one[hub]); for methods with teachers (repeat for "
         "several)",
     )
-    train.add_argument("--seed", type=_seed, default=0, help="(default: 0)")
+    train.add_argument(
+        "--seed", type=seed_value, default=0, help="(default: 0)"
+    )
     train.add_argument(
         "--output-dir",
         default=None,
@@ -546,7 +548,7 @@ def _add_data_arguments(parser):
     parser.add_argument(
         "--image-size",
         nargs=2,
-        type=_positive_int,
+        type=positive_int,
         metavar=("HEIGHT", "WIDTH"),
         help="size the images of an image-folder --dataset are resized to "
         "(default: their most common size)",

@@ -84,7 +84,6 @@ the same; runs already in the file are kept):
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -93,7 +92,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from keras_one_cli import number_type  # noqa: E402
+from keras_one_cli import at_least_two  # noqa: E402
+from keras_one_cli import non_negative_float  # noqa: E402
+from keras_one_cli import positive_float  # noqa: E402
+from keras_one_cli import positive_int  # noqa: E402
+from keras_one_cli import seed_value  # noqa: E402
+from keras_one_cli import unit_interval  # noqa: E402
 
 BASELINE = "baseline"
 # The pipelines of `keras_one.pipelines` that `--methods` takes, and those
@@ -111,20 +115,6 @@ PIPELINE_FLAGS = {
     "members": ("ensemble_distillation",),
     "generations": ("self_distillation", "born_again"),
 }
-
-
-_positive_int = number_type(int, lambda v: v >= 1, "be a positive integer")
-_seed = number_type(
-    int, lambda v: 0 <= v < 2**32, "be an integer from 0 to 2**32 - 1"
-)
-_positive_float = number_type(
-    float, lambda v: v > 0 and math.isfinite(v), "be a positive number"
-)
-_non_negative_float = number_type(
-    float, lambda v: v >= 0 and math.isfinite(v), "be a number >= 0"
-)
-_at_least_two = number_type(int, lambda v: v >= 2, "be an integer >= 2")
-_fraction = number_type(float, lambda v: 0 <= v <= 1, "be a number from 0 to 1")
 
 
 def build_parser():
@@ -149,7 +139,9 @@ def build_parser():
         f"pipelines of keras_one.pipelines ({', '.join(PIPELINES)}) "
         "(default: baseline one)",
     )
-    parser.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2])
+    parser.add_argument(
+        "--seeds", nargs="+", type=seed_value, default=[0, 1, 2]
+    )
     parser.add_argument(
         "--protocol",
         choices=protocols.names(),
@@ -160,11 +152,11 @@ def build_parser():
         "reduced recipe with a cosine decay)",
     )
     parser.add_argument(
-        "--epochs", type=_positive_int, default=None, help="(default: 80)"
+        "--epochs", type=positive_int, default=None, help="(default: 80)"
     )
     parser.add_argument(
         "--train-examples",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="use only this many training images, the same number per "
         "class (.npz data only); the rest are a held-out evaluation set",
@@ -178,28 +170,28 @@ def build_parser():
         "evaluated on the test images and on the training images outside "
         "its slice; results then average over data as well as seeds",
     )
-    parser.add_argument("--branches", type=_positive_int, default=3)
+    parser.add_argument("--branches", type=positive_int, default=3)
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="(default: 128)",
     )
     parser.add_argument(
         "--learning-rate",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="(default: 0.1)",
     )
     parser.add_argument(
         "--weight-decay",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=None,
         help="(default: 5e-4)",
     )
     parser.add_argument(
         "--rampup-fraction",
-        type=_fraction,
+        type=unit_interval,
         default=None,
         help="ramp-up of the distillation weight as a fraction of the "
         "epochs, for the methods that ramp up (default: each method's "
@@ -219,14 +211,14 @@ def build_parser():
     )
     parser.add_argument(
         "--members",
-        type=_at_least_two,
+        type=at_least_two,
         default=None,
         help="networks of ensemble_distillation's ensemble (default: the "
         "pipeline's, 10)",
     )
     parser.add_argument(
         "--generations",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="distilled generations of self_distillation and born_again "
         "(default: each pipeline's, 1 and 3)",

@@ -360,7 +360,7 @@ def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
         (["--batch-size", "x"], "--batch-size: must be a positive integer"),
         (["--learning-rate", "nan"], "--learning-rate: must be a positive"),
         (["--weight-decay", "-1"], "--weight-decay: must be a number >= 0"),
-        (["--rampup-fraction", "2"], "--rampup-fraction: must be a number"),
+        (["--rampup-fraction", "2"], "--rampup-fraction: must lie in [0, 1]"),
         (["--train-examples", "0"], "--train-examples: must be a positive"),
         # Checked before any data is read or any network trained.
         (["--seeds", "0", "0"], "--seeds lists 0 more than once"),
@@ -370,7 +370,7 @@ def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
         (["--model", "resnet7"], "--model resnet7: CIFAR ResNet depth"),
         (["--methods", "kd", "--teacher-model", "resnet7"], "--teacher-model"),
         (["--methods", "srm"], "Pipelines: ensemble_distillation, self_"),
-        (["--members", "1"], "--members: must be an integer >= 2"),
+        (["--members", "1"], "--members: must be at least 2"),
         (["--members", "3"], "--members applies to the ensemble_distillation"),
         (
             ["--methods", "born_again", "--members", "3"],
