@@ -28,7 +28,8 @@ Variants (`--variants`, default: all that apply):
   means, step counter and ramp-up weight count in its overhead.
 - `handwritten_fused`: the same on the fused student.
 - `*_xla`: `baseline`, `one`, `one_fused` with `jit_compile=True`.
-- `*_bf16`: `one`, `one_fused` under the `mixed_bfloat16` policy.
+- `*_bf16`: `one`, `one_fused`, `one_keras_bn` under the `mixed_bfloat16`
+  policy.
 - `torch`: ONE in PyTorch (channels-last), if torch is installed.
 - `torch_bf16`: the same under `torch.autocast("cpu", torch.bfloat16)`,
   PyTorch's mixed precision (the reference of `one_bf16`).
@@ -79,6 +80,7 @@ ALL_VARIANTS = (
     "one_fused_xla",
     "one_bf16",
     "one_fused_bf16",
+    "one_keras_bn_bf16",
     "torch",
     "torch_bf16",
     "one_jax",
@@ -103,6 +105,7 @@ RATIOS = (
     ("baseline_xla", "baseline", "XLA : no XLA (baseline)"),
     ("one_bf16", "one", "bfloat16 : float32 (ONE)"),
     ("one_fused_bf16", "one_fused", "bfloat16 : float32 (ONE fused)"),
+    ("one_bf16", "one_keras_bn_bf16", "fused BN : Keras BN (ONE, bfloat16)"),
     ("torch", "one", "PyTorch : keras-one ONE (N copies)"),
     ("torch", "one_fused", "PyTorch : keras-one ONE (fused)"),
     ("one_jax", "one", "JAX backend : TensorFlow (ONE)"),
@@ -282,7 +285,7 @@ def build_variant(name, args, images, labels):
             )
         elif base == "one":
             student = _network(args, num_branches=args.branches, fused=fused)
-            if name == "one_keras_bn":
+            if name.startswith("one_keras_bn"):
                 student = _with_keras_batch_norm(student)
             model = Distiller(student, methods.ONE())
             model.compile(optimizer=_sgd(), jit_compile=jit_compile)

@@ -1,5 +1,6 @@
 """Networks: CIFAR ResNets and a converter to multi-branch networks."""
 
+from keras_one.models.batch_normalization import with_fused_batch_normalization
 from keras_one.models.cifar_resnet import cifar_resnet
 from keras_one.models.external_network import external_network
 from keras_one.models.fused_branches import FusedBranches

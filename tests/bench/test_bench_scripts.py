@@ -400,8 +400,8 @@ def test_throughput_benchmark_tiny(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
     throughput = load_script("throughput")
     output = tmp_path / "throughput.json"
-    variants = ["baseline", "one", "dml", "handwritten", "one_bf16", "torch",
-                "torch_bf16"]  # fmt: skip
+    variants = ["baseline", "one", "dml", "handwritten", "one_bf16",
+                "one_keras_bn_bf16", "torch", "torch_bf16"]  # fmt: skip
     results = throughput.main(
         ["--model", "resnet8", "--batch-size", "4", "--image-size", "8",
          "--branches", "2", "--rounds", "2", "--window-steps", "1",
@@ -998,3 +998,46 @@ def test_spread_report(tmp_path, capsys):
     load_script("readme_tables").main([str(path)])
     out = capsys.readouterr().out
     assert "95% t interval" not in out and "| test | one | 6 |" not in out
+
+
+@pytest.mark.parametrize("variant", ["one_bf16", "torch_bf16"])
+def test_profile_step_shares_a_step_among_its_kernels(variant, tmp_path):
+    if variant.startswith("torch"):
+        pytest.importorskip("torch")
+    profile = load_script("profile_step")
+    output = tmp_path / "profile.json"
+    result = profile.main(
+        ["--variant", variant, "--model", "resnet8", "--batch-size", "4",
+         "--image-size", "8", "--branches", "2",
+         "--warmup-steps", "1", "--steps", "2", "--output", str(output)]
+    )  # fmt: skip
+    saved = json.loads(output.read_text())
+    assert saved["ops"] == result["ops"]
+    assert saved["machine"]["cpu"] and saved["arguments"]["variant"] == variant
+    ops = {row["op"]: row for row in result["ops"]}
+    # The convolutions' kernels are profiled, forward and backward.
+    convolutions = [name for name in ops if "onv" in name]
+    assert len(convolutions) >= 2, sorted(ops)
+    assert math.isclose(sum(row["share"] for row in ops.values()), 1.0)
+    total = sum(row["ms_per_step"] for row in ops.values())
+    assert math.isclose(total, result["profiled_ms_per_step"])
+    assert all(row["ms_per_step"] >= 0 and row["per_step"] > 0
+               for row in ops.values())  # fmt: skip
+    assert result["cpu_seconds_per_step"] > 0
+    # A second run does not overwrite the first.
+    with pytest.raises(SystemExit, match="exists: give another path"):
+        profile.main(["--variant", variant, "--output", str(output)])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--steps", "0"], "--steps: must be at least 1"),
+        (["--threads", "0"], "--threads: must be at least 1"),
+        (["--batch-size", "-1"], "--batch-size: must be at least 1"),
+    ],
+)
+def test_profile_step_refuses_bad_flags(flags, message):
+    profile = load_script("profile_step")
+    with pytest.raises(SystemExit, match=message):
+        profile.main(flags)
