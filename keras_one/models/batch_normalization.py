@@ -52,15 +52,19 @@ def with_fused_batch_normalization(model):
     >>> np.allclose(fused(x), base(x), atol=1e-5)
     True
     """
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "with_fused_batch_normalization needs a keras.Model (functional "
+            f"or Sequential); got {type(model).__name__}."
+        )
     # A functional model has `inputs`; a subclassed one has none.
-    if not isinstance(model, keras.Model) or not (
+    if not (
         isinstance(model, keras.Sequential) or getattr(model, "inputs", None)
     ):
         raise ValueError(
             "with_fused_batch_normalization needs a functional or Sequential "
-            f"keras.Model; got {type(model).__name__}. In a subclassed "
-            "model, create its layers as "
-            "keras_one.layers.FusedBatchNormalization instead."
+            f"model; {type(model).__name__} is a subclassed model: create its "
+            "layers as keras_one.layers.FusedBatchNormalization instead."
         )
 
     def clone(layer):
