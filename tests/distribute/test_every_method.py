@@ -17,7 +17,10 @@ the luck of round-off. The loss terms themselves stay float32, as always.
 
 XLA is compared in float32 over one epoch (3 steps), where XLA's other
 rounding has no time to grow: it stays below 40% of the same tolerances
-(measured on an AVX2-only EPYC; MCL-OKD's memory bank is the closest),
+(measured on an AVX2-only EPYC; MCL-OKD's memory bank is the closest;
+on an AVX-512 Xeon with oneDNN, MCL-OKD's `dot` log, 0.0189, moved by
+3.3e-7, 1.75e-5 relative: logs far below 1, like weights, are compared
+with an absolute 1e-6),
 for 72% of the CPU time of float64 over 6 steps (428 s against 593 s,
 two separate runs, both with the tests' XLA flags, see conftest.py). It
 still checks XLA's lowering of every op of every method's step, on 3
@@ -173,11 +176,11 @@ def global_relative_difference(expected, actual):
     return float(np.sqrt(num / den))
 
 
-def assert_same_logs(expected, actual, rtol):
+def assert_same_logs(expected, actual, rtol, atol=1e-7):
     assert sorted(expected) == sorted(actual)
     for name in expected:
         np.testing.assert_allclose(
-            actual[name], expected[name], rtol=rtol, atol=1e-7, err_msg=name
+            actual[name], expected[name], rtol=rtol, atol=atol, err_msg=name
         )
 
 
@@ -230,7 +233,9 @@ def assert_xla_matches(reference, reference_weights, compiled, weights):
     assert compiled["steps"] == reference["steps"] == 3
     assert global_relative_difference(reference_weights, weights) < 1e-5
     assert_same_weights(reference_weights, weights, 1e-5, 1e-6)
-    assert_same_logs(reference["history"], compiled["history"], 1e-5)
+    # As the weights: float32 round-off is relative to the magnitudes a
+    # log is computed from, so a log far below 1 gets an absolute 1e-6.
+    assert_same_logs(reference["history"], compiled["history"], 1e-5, 1e-6)
 
 
 @pytest.mark.slow
