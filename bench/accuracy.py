@@ -1143,8 +1143,10 @@ def main(argv=None):
             args.methods
         ):
             raise SystemExit(
-                f"--{flag} applies to the {' and '.join(names)} pipelines "
-                f"only: add one to --methods or leave out --{flag}."
+                f"--{flag} applies to the {' and '.join(names)} "
+                f"pipeline{'s' * (len(names) > 1)} only: add "
+                f"{'one' if len(names) > 1 else 'it'} to --methods or leave "
+                f"out --{flag}."
             )
     if args.resample and args.train_examples is None:
         raise SystemExit("--resample needs --train-examples (the slice size).")

@@ -227,7 +227,10 @@ def one_line_error(argv):
             "--generations applies to the self and ban pipelines, not to "
             "ensemble: leave out --generations",
         ),
-        (["ban", "--members", "3"], "--members applies to the ensemble"),
+        (
+            ["ban", "--members", "3"],
+            "--members applies to the ensemble pipeline,",
+        ),
         (["self", "--average", "probabilities"], "leave out --average"),
         (
             ["ensemble", "--teacher-model", "resnet20"],
@@ -235,7 +238,7 @@ def one_line_error(argv):
         ),
         (
             ["blockwise", "--sparsity-ratio", "0.1"],
-            "--sparsity-ratio applies to the srm pipelines, not to blockwise",
+            "--sparsity-ratio applies to the srm pipeline, not to blockwise",
         ),
     ],
 )
