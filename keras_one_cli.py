@@ -126,6 +126,15 @@ unit_interval = number_type(float, lambda v: 0 <= v <= 1, "lie in [0, 1]")
 _ratio = number_type(float, lambda v: 0 < v <= 1, "lie in (0, 1]")
 
 
+def the_pipelines(names):
+    """`"the a and b pipelines"`, or `"the a pipeline"` for one name.
+
+    For the refusals of a pipeline flag given to another pipeline (the
+    command line's and `bench/accuracy.py`'s).
+    """
+    return f"the {' and '.join(names)} pipeline{'s' * (len(names) > 1)}"
+
+
 def build_parser(method_names=None):
     """The `keras-one` argument parser; `--method` takes `method_names`
     (default: `known_methods()`)."""

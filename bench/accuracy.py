@@ -97,6 +97,7 @@ from keras_one_cli import non_negative_float  # noqa: E402
 from keras_one_cli import positive_float  # noqa: E402
 from keras_one_cli import positive_int  # noqa: E402
 from keras_one_cli import seed_value  # noqa: E402
+from keras_one_cli import the_pipelines  # noqa: E402
 from keras_one_cli import unit_interval  # noqa: E402
 
 BASELINE = "baseline"
@@ -1143,8 +1144,7 @@ def main(argv=None):
             args.methods
         ):
             raise SystemExit(
-                f"--{flag} applies to the {' and '.join(names)} "
-                f"pipeline{'s' * (len(names) > 1)} only: add "
+                f"--{flag} applies to {the_pipelines(names)} only: add "
                 f"{'one' if len(names) > 1 else 'it'} to --methods or leave "
                 f"out --{flag}."
             )

@@ -89,9 +89,8 @@ def _options(args):
         if getattr(args, dest) is not None and args.kind not in kinds:
             flag = "--" + dest.replace("_", "-")
             raise cli._error(
-                f"{flag} applies to the {' and '.join(kinds)} "
-                f"pipeline{'s' * (len(kinds) > 1)}, not to {args.kind}: "
-                f"leave out {flag}"
+                f"{flag} applies to {keras_one_cli.the_pipelines(kinds)}, "
+                f"not to {args.kind}: leave out {flag}"
             )
     options = dict(pipelines.DEFAULTS[FUNCTIONS[args.kind]])
     for dest in options:

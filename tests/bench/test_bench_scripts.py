@@ -371,7 +371,16 @@ def test_accuracy_benchmark_rejects_bad_subset(tiny_npz, tmp_path):
         (["--methods", "kd", "--teacher-model", "resnet7"], "--teacher-model"),
         (["--methods", "srm"], "Pipelines: ensemble_distillation, self_"),
         (["--members", "1"], "--members: must be at least 2"),
-        (["--members", "3"], "--members applies to the ensemble_distillation"),
+        (
+            ["--members", "3"],
+            "--members applies to the ensemble_distillation pipeline only: "
+            "add it",
+        ),
+        (
+            ["--generations", "3"],
+            "--generations applies to the self_distillation and born_again "
+            "pipelines only: add one",
+        ),
         (
             ["--methods", "born_again", "--members", "3"],
             "leave out --members",
@@ -1029,15 +1038,16 @@ def test_profile_step_shares_a_step_among_its_kernels(variant, tmp_path):
             num_branches=2,
         )  # fmt: skip
 
-        def convolutions(model):
+        def conv2d_layers(model):
             return sum(
-                convolutions(layer) if isinstance(layer, keras.Model)
+                conv2d_layers(layer) if isinstance(layer, keras.Model)
                 else isinstance(layer, keras.layers.Conv2D)
                 for layer in model.layers
             )  # fmt: skip
 
         forward = [n for n in ops if n.endswith("Conv2D")]
-        assert sum(ops[n]["per_step"] for n in forward) == convolutions(student)
+        calls = sum(ops[n]["per_step"] for n in forward)
+        assert calls == conv2d_layers(student)
     assert all(row["ms_per_step"] >= 0 and row["per_step"] > 0
                for row in ops.values())  # fmt: skip
     assert result["cpu_seconds_per_step"] > 0
