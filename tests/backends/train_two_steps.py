@@ -77,7 +77,7 @@ def main(argv):
                 weights[f"{name}/step{step}/{i:04d}"] = value
             if name == "ema_probe":
                 record_ema(weights, f"step{step}", distiller)
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
     if not saved:
         start = {k: v for k, v in weights.items() if k.count("/") == 1}
         np.savez(args.weights, **start)

@@ -95,7 +95,7 @@ def main(argv):
         time.sleep(3600)
 
     def train(name, backup_dir, at_stop=None):
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
         distiller = method_zoo.make_distiller(name)
         method_zoo.compile_distiller(
             distiller, keras.optimizers.SGD(0.05, momentum=0.9)
