@@ -37,7 +37,13 @@ def test_data_parallel_equals_one_device(tmp_path):
         # (tests/conftest.py): with it the sharded EMA probe (then with
         # ONE's learned gate) ended 1.3e-4 from one device's; with the
         # default optimizations it ends within 3.6e-7.
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        # The two devices are threads that meet at every all-reduce; XLA
+        # aborts the process when one waits 40 s for the other (it did
+        # once, on a 2-core machine loaded three times over): here a hang
+        # guard of 10 minutes, inside the subprocess timeout of 15.
+        XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+        "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120 "
+        "--xla_cpu_collective_call_terminate_timeout_seconds=600",
     )
     output = str(tmp_path / "run")
     process = subprocess.run(
