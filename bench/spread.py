@@ -137,7 +137,8 @@ def slice_means(seeds, differences, slice_of, t_interval):
     Pairs of one slice share their training images, so they are not
     independent draws; the slice means are (for disjoint slices), at the
     cost of fewer degrees of freedom (slices - 1). Returns `{"slices",
-    "mean", "t_interval_95"}` (the interval `None` for one slice).
+    "mean", "t_interval_95", "pairs"}` (the interval `None` for one slice;
+    `pairs`: `[seed, slice, difference]` of every pair, by seed).
     """
     groups = {}
     for seed, difference in zip(seeds, differences, strict=True):
@@ -147,6 +148,10 @@ def slice_means(seeds, differences, slice_of, t_interval):
         "slices": len(means),
         "mean": float(np.mean(means)),
         "t_interval_95": t_interval(means),
+        "pairs": sorted(
+            [seed, slice_of[seed], float(difference)]
+            for seed, difference in zip(seeds, differences, strict=True)
+        ),
     }
 
 
@@ -253,8 +258,8 @@ def format_report(report, last):
         "(pairs of one slice share their images; the slices do not):",
         "",
         "| set | method | slices | mean difference | 95% t interval over "
-        "slices |",
-        "|---|---|---|---|---|",
+        "slices | each pair (seed/slice: difference) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, methods in report.items():
         for method, entry in methods.items():
@@ -269,6 +274,11 @@ def format_report(report, last):
                     "-"
                     if interval is None
                     else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
+                )
+                + " | "
+                + ", ".join(
+                    f"{seed}/{index}: {difference:+.2f}"
+                    for seed, index, difference in by_slice["pairs"]
                 )
                 + " |"
             )

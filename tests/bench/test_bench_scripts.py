@@ -950,6 +950,12 @@ def test_spread_report(tmp_path, capsys):
     assert one["by_slice"]["t_interval_95"] == pytest.approx(
         [np.mean(means) - half, np.mean(means) + half]
     )
+    assert [p[:2] for p in one["by_slice"]["pairs"]] == [
+        [seed, seed % 2] for seed in range(6)
+    ]
+    assert [p[2] for p in one["by_slice"]["pairs"]] == pytest.approx(
+        list(difference)
+    )
     # The baseline's curve is 7 epochs long: its last 3 only.
     base_curves = [r["history"]["val_accuracy"] for r in runs[::2]]
     assert report["test"]["baseline"]["last_epochs"][
